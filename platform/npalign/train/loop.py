@@ -1,0 +1,165 @@
+"""The one training loop: run by every Ray Train worker, DeepSpeed ZeRO inside.
+
+A *task* (reward model now, policy later) says how to build the model, collate Ray Data rows and
+compute the loss; this loop owns everything else: DeepSpeed, epochs, validation, checkpoints
+holding every rank's shard, resume after a failure, metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import deepspeed
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.experimental.tqdm_ray import tqdm
+from torch import nn
+
+from npalign.config import TrainConfig
+from npalign.files import write_json
+from npalign.train.deepspeed import deepspeed_config, full_state_dict, use_bf16
+
+log = logging.getLogger(__name__)
+
+DEEPSPEED_TAG = "deepspeed"  # subfolder of a checkpoint holding every rank's ZeRO shards
+STATE_FILE = "train_state.json"
+
+
+class Task(Protocol):
+    """What the loop needs from a job. Instances are pickled to the workers: keep them small."""
+
+    def build_model(self) -> nn.Module: ...
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]: ...
+
+    def collate(self, rows: dict[str, np.ndarray], split: str) -> Any: ...
+
+    def loss(
+        self, model: nn.Module, batch: Any, step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean loss and per-episode metrics (each a (batch,) tensor)."""
+        ...
+
+    def save(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None: ...
+
+
+def cosine_schedule(total_steps: int):
+    def factor(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+    return factor
+
+
+def _validate(engine, task: Task, shard, micro_batch: int, step: int, device, dtype) -> dict:
+    """Mean of each per-episode metric over every rank's validation shard."""
+    engine.eval()
+    sums: dict[str, torch.Tensor] = {}
+    count = torch.zeros((), device=device)
+    with torch.no_grad():
+        for rows in shard.iter_batches(batch_size=micro_batch, batch_format="numpy"):
+            batch = task.collate(rows, "val").to(device, dtype)
+            _, metrics = task.loss(engine, batch, step)
+            for name, values in metrics.items():
+                sums[name] = sums.get(name, torch.zeros((), device=device)) + values.float().sum()
+            count += len(next(iter(metrics.values())))
+    names = sorted(sums)
+    totals = torch.stack([sums[n] for n in names] + [count])
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    return {f"val_{n}": (totals[i] / totals[-1]).item() for i, n in enumerate(names)}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    task: Task = loop_config["task"]
+    config = TrainConfig.model_validate(loop_config["train"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    micro_batch = config.batch_size // world
+    steps_per_epoch = loop_config["train_episodes"] // config.batch_size
+    device = ray.train.torch.get_device()
+    dtype = torch.bfloat16 if use_bf16(config) else torch.float32
+
+    torch.manual_seed(config.seed)
+    model = task.build_model()
+    optimizer = torch.optim.AdamW(
+        task.param_groups(model, config.lr), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_schedule(steps_per_epoch * config.epochs)
+    )
+    # deepspeed.initialize reuses the process group Ray Train set up (gloo on CPU, nccl on GPU).
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(config, world),
+    )
+
+    start_epoch, step = 1, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            _, state = engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        if rank == 0:
+            log.info("resumed from %s at epoch %d, step %d", checkpoint.path, state["epoch"], step)
+
+    start_step = step
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, config.epochs + 1):
+        engine.train()
+        losses = []
+        bar = (
+            tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}")
+            if rank == 0
+            else None
+        )
+        start = time.perf_counter()
+        for rows in train_shard.iter_batches(
+            batch_size=micro_batch, batch_format="numpy", drop_last=True
+        ):
+            batch = task.collate(rows, "train").to(device, dtype)
+            loss, _ = task.loss(engine, batch, step)
+            engine.backward(loss)
+            engine.step()
+            step += 1
+            losses.append(loss.detach().float())
+            if bar:
+                bar.update(1)
+        train_seconds = time.perf_counter() - start
+        if bar:
+            bar.close()
+        metrics = {
+            "epoch": epoch,
+            "step": step,
+            "start_step": start_step,  # > 0 when this run resumed from a checkpoint
+            "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
+            "train_episodes_per_s": len(losses) * config.batch_size / train_seconds,
+            "lr": scheduler.get_last_lr()[0],
+            **_validate(engine, task, val_shard, micro_batch, step, device, dtype),
+        }
+        if rank == 0:
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
+
+        with tempfile.TemporaryDirectory() as folder:
+            # Every rank writes its own ZeRO shard; Ray merges the ranks' folders into one.
+            engine.save_checkpoint(
+                folder, tag=DEEPSPEED_TAG, client_state={"epoch": epoch, "step": step}
+            )
+            weights = full_state_dict(engine)
+            if rank == 0:
+                task.save(Path(folder), weights)
+                write_json(Path(folder) / STATE_FILE, {"epoch": epoch, "step": step})
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+        if config.fail_after_epoch == epoch and checkpoint is None:
+            raise RuntimeError(f"failure drill: train.fail_after_epoch={epoch}")

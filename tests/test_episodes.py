@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+from test_preferences import small_table
+
+from npalign.data.episodes import collate, sample_episodes
+from npalign.data.preferences import PreferenceDataError
+
+
+def test_context_and_target_are_disjoint_and_from_one_user():
+    pairs = small_table(rows=200)
+    episodes = sample_episodes(pairs, 500, 0, 10, 20, seed=0)
+    sizes = set()
+    for user, context, target in zip(
+        episodes.column("user").to_pylist(),
+        episodes.column("context").to_pylist(),
+        episodes.column("target").to_pylist(),
+        strict=True,
+    ):
+        assert not set(context) & set(target)
+        assert len(target) == 20 and 0 <= len(context) <= 10
+        assert set(pairs.user[context + target]) == {user}
+        sizes.add(len(context))
+    # m is drawn per episode: every size in [0, 10] shows up
+    assert sizes == set(range(11))
+
+
+def test_context_larger_than_a_users_pairs_is_a_clear_error():
+    pairs = small_table(rows=20)  # 10 pairs per user
+    with pytest.raises(PreferenceDataError, match=r"user 'u0' has 10 pairs.*max_context \(5\)"):
+        sample_episodes(pairs, 10, 0, 5, 8, seed=0, source="train split")
+
+
+def test_collate_pads_and_orders_chosen_first():
+    pairs = small_table(rows=10, dim=3)
+    rows = {
+        "context": np.array([np.array([0, 1]), np.array([], dtype=np.int64)], dtype=object),
+        "target": np.array([np.array([2, 3, 4]), np.array([5])], dtype=object),
+    }
+    batch = collate(rows, pairs)
+    assert batch.context_chosen.shape == (2, 2, 3)
+    assert batch.context_mask.tolist() == [[True, True], [False, False]]
+    assert batch.target_mask.tolist() == [[True, True, True], [True, False, False]]
+    # row 0 chose a, row 1 chose b
+    torch.testing.assert_close(batch.context_chosen[0, 0], torch.from_numpy(pairs.features_a[0]))
+    torch.testing.assert_close(batch.context_chosen[0, 1], torch.from_numpy(pairs.features_b[1]))
+    torch.testing.assert_close(batch.context_rejected[0, 1], torch.from_numpy(pairs.features_a[1]))
+    assert batch.target_choice[0].tolist() == [0.0, 1.0, 0.0]

@@ -1,0 +1,83 @@
+"""Bad input to the main job: one clear error, exit code 2, and no run folder left behind."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from test_preferences import small_table
+
+from npalign.data.preferences import write_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def job_main():
+    spec = importlib.util.spec_from_file_location("train_reward", ROOT / "jobs/train_reward.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def write_splits(folder: Path, rows: int = 100) -> None:
+    for split in ("train", "val", "test"):
+        write_pairs(small_table(rows=rows, prefix=split), folder / f"{split}.parquet")
+
+
+def run(tmp_path, *overrides):
+    out = tmp_path / "runs"
+    code = job_main()([f"run.output_dir={out}", *overrides])
+    return code, out
+
+
+def assert_failed_cleanly(code, out, capsys, *needles):
+    assert code == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err
+    assert not out.exists(), "a failed job must not leave a run folder"
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    code, out = run(tmp_path, "train.learning_rate=0.1")
+    assert_failed_cleanly(code, out, capsys, "train.learning_rate", "Extra inputs")
+
+
+def test_wrong_type(tmp_path, capsys):
+    code, out = run(tmp_path, "data.num_targets=twenty")
+    assert_failed_cleanly(code, out, capsys, "data.num_targets")
+
+
+def test_parquet_missing_a_column(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_splits(data)
+    table = pq.read_table(data / "val.parquet").drop_columns(["features_a"])
+    pq.write_table(table, data / "val.parquet")
+    code, out = run(tmp_path, "data.source=parquet", f"data.path={data}")
+    assert_failed_cleanly(code, out, capsys, "val.parquet", "features_a")
+
+
+def test_nan_features(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_splits(data)
+    table = small_table(rows=100, prefix="test")
+    table.features_a[7, 0] = np.nan
+    write_pairs(table, data / "test.parquet")
+    code, out = run(tmp_path, "data.source=parquet", f"data.path={data}")
+    assert_failed_cleanly(code, out, capsys, "test.parquet", "row 7", "NaN")
+
+
+def test_context_larger_than_a_users_pairs(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_splits(data, rows=40)  # 20 pairs per user
+    code, out = run(tmp_path, "data.source=parquet", f"data.path={data}", "data.max_context=10")
+    assert_failed_cleanly(code, out, capsys, "user 'u0' has 20 pairs", "max_context (10)")
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_help_explains_the_options(flag, capsys):
+    with pytest.raises(SystemExit):
+        job_main()([flag])
+    text = capsys.readouterr().out
+    assert "ray job submit" in text and "key=value" in text

@@ -1,0 +1,97 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_preferences import small_table
+
+from npalign.config import ModelConfig
+from npalign.data.episodes import collate
+from npalign.models.reward import (
+    BTL,
+    DPL,
+    NPBTL,
+    load_reward_model,
+    preference_loss,
+    save_reward_model,
+)
+
+
+def batch_of(rows=10, dim=1):
+    pairs = small_table(rows=rows, dim=dim)
+    episodes = {
+        "context": np.array([np.array([0, 2]), np.array([1])], dtype=object),
+        "target": np.array([np.array([4, 6]), np.array([5, 7])], dtype=object),
+    }
+    return collate(episodes, pairs)
+
+
+def test_btl_probability_by_hand():
+    model = BTL(1, ModelConfig(hidden_dim=4))
+    # replace the MLP by r(y) = 2y so the probability can be computed by hand
+    model.reward_net = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        model.reward_net.weight.fill_(2.0)
+        model.reward_net.bias.zero_()
+    batch = batch_of()
+    out = model(batch)
+    y_a, y_b = batch.target_a[0, 0, 0].item(), batch.target_b[0, 0, 0].item()
+    p_b = 1 / (1 + math.exp(-(2 * y_b - 2 * y_a)))
+    assert out.log_prob_b[0, 0].exp().item() == pytest.approx(p_b, rel=1e-5)
+    assert (out.log_prob_a.exp() + out.log_prob_b.exp()).allclose(torch.ones(2, 2))
+    loss, metrics = preference_loss(out, batch)
+    choice = batch.target_choice
+    expected = -(choice * out.log_prob_b + (1 - choice) * out.log_prob_a).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_dpl_probability_by_hand():
+    model = DPL(1, ModelConfig(hidden_dim=4))
+
+    class Head(torch.nn.Module):  # μ = y, softplus(raw) = 0.5 → σ = 0.5 + 1e-3
+        def forward(self, x):
+            raw = torch.full_like(x, math.log(math.exp(0.5) - 1))
+            return torch.cat([x, raw], dim=-1)
+
+    model.reward_net = Head()
+    batch = batch_of()
+    out = model(batch)
+    y_a, y_b = batch.target_a[0, 1, 0].item(), batch.target_b[0, 1, 0].item()
+    sigma = 0.5 + 1e-3
+    p_b = 0.5 * (1 + math.erf((y_b - y_a) / math.sqrt(2 * sigma**2) / math.sqrt(2)))
+    assert out.log_prob_b[0, 1].exp().item() == pytest.approx(p_b, rel=1e-5)
+
+
+def test_npbtl_kl_is_posterior_to_prior():
+    """NP-ELBO: z ~ q(z | C ∪ T) in training and KL(q(z | C ∪ T) ‖ q(z | C)), not the reverse."""
+    torch.manual_seed(0)
+    model = NPBTL(1, ModelConfig(hidden_dim=8, latent_dim=3, latent="variational")).train()
+    batch = batch_of()
+    out = model(batch)
+    prior = model.latent(batch.context_chosen, batch.context_rejected, batch.context_mask)
+    posterior = model.latent(
+        torch.cat([batch.context_chosen, batch.target_chosen], 1),
+        torch.cat([batch.context_rejected, batch.target_rejected], 1),
+        torch.cat([batch.context_mask, batch.target_mask], 1),
+    )
+    torch.testing.assert_close(out.kl, posterior.kl(prior))
+    assert not torch.allclose(out.kl, prior.kl(posterior))
+    # in evaluation there is no KL and z is the mean of q(z | C): deterministic
+    model.eval()
+    assert model(batch).kl is None
+    torch.testing.assert_close(model(batch).log_prob_b, model(batch).log_prob_b)
+
+
+def test_save_and_strict_load(tmp_path):
+    config = ModelConfig(hidden_dim=8, latent_dim=3)
+    model = NPBTL(1, config).eval()
+    save_reward_model(tmp_path, "npbtl", config, 1, model.state_dict())
+    loaded = load_reward_model(tmp_path)
+    batch = batch_of()
+    torch.testing.assert_close(loaded(batch).log_prob_b, model(batch).log_prob_b)
+
+    state = model.state_dict()
+    state.pop("context_encoder.empty")
+    save_reward_model(tmp_path, "npbtl", config, 1, state)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_reward_model(tmp_path)
