@@ -3,7 +3,7 @@ import pytest
 import torch
 from test_preferences import small_table
 
-from npalign.data.episodes import collate, sample_episodes
+from npalign.data.episodes import collate, context_rows, episode_arrays, sample_episodes
 from npalign.data.preferences import PreferenceDataError
 
 
@@ -11,15 +11,13 @@ def test_context_and_target_are_disjoint_and_from_one_user():
     pairs = small_table(rows=200)
     episodes = sample_episodes(pairs, 500, 0, 10, 20, seed=0)
     sizes = set()
+    arrays = episode_arrays(episodes)
     for user, context, target in zip(
-        episodes.column("user").to_pylist(),
-        episodes.column("context").to_pylist(),
-        episodes.column("target").to_pylist(),
-        strict=True,
+        arrays["user"], context_rows(episodes), arrays["target"], strict=True
     ):
         assert not set(context) & set(target)
         assert len(target) == 20 and 0 <= len(context) <= 10
-        assert set(pairs.user[context + target]) == {user}
+        assert set(pairs.user[np.concatenate([context, target])]) == {user}
         sizes.add(len(context))
     # m is drawn per episode: every size in [0, 10] shows up
     assert sizes == set(range(11))
@@ -33,10 +31,7 @@ def test_context_larger_than_a_users_pairs_is_a_clear_error():
 
 def test_collate_pads_and_orders_chosen_first():
     pairs = small_table(rows=10, dim=3)
-    rows = {
-        "context": np.array([np.array([0, 1]), np.array([], dtype=np.int64)], dtype=object),
-        "target": np.array([np.array([2, 3, 4]), np.array([5])], dtype=object),
-    }
+    rows = {"context": np.array([[0, 1], [-1, -1]]), "target": np.array([[2, 3, 4], [5, -1, -1]])}
     batch = collate(rows, pairs)
     assert batch.context_chosen.shape == (2, 2, 3)
     assert batch.context_mask.tolist() == [[True, True], [False, False]]

@@ -19,10 +19,7 @@ from npalign.models.reward import (
 
 def batch_of(rows=10, dim=1):
     pairs = small_table(rows=rows, dim=dim)
-    episodes = {
-        "context": np.array([np.array([0, 2]), np.array([1])], dtype=object),
-        "target": np.array([np.array([4, 6]), np.array([5, 7])], dtype=object),
-    }
+    episodes = {"context": np.array([[0, 2], [1, -1]]), "target": np.array([[4, 6], [5, 7]])}
     return collate(episodes, pairs)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from npalign.data.episodes import collate, sample_episodes
+from npalign.data.episodes import collate, episode_arrays, sample_episodes
 from npalign.data.preferences import PairTable
 from npalign.files import atomic_path
 from npalign.models.reward import preference_loss
@@ -54,11 +54,10 @@ def episode_accuracy(
 ) -> np.ndarray:
     """Percent of targets predicted right, per episode. (episodes,)"""
     model.eval()
-    rows = episodes.to_pydict()
+    rows = episode_arrays(episodes)
     out = []
     for start in range(0, len(rows["target"]), batch_size):
-        chunk = {k: np.array(v[start : start + batch_size], dtype=object) for k, v in rows.items()}
-        batch = collate(chunk, pairs)
+        batch = collate({k: v[start : start + batch_size] for k, v in rows.items()}, pairs)
         _, metrics = preference_loss(model(batch), batch)
         out.append(metrics["accuracy"].numpy() * 100)
     return np.concatenate(out)

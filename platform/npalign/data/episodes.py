@@ -1,7 +1,9 @@
 """Episodes, the NP "tasks": one user, a context set of m labelled pairs and a disjoint target set.
 
 An episode table holds row indices into a split's PairTable (built ahead, so Ray Data can stream
-it without a group-by shuffle). `collate` turns a batch of episode rows into padded tensors.
+it without a group-by shuffle), as fixed-width integer columns padded with -1: Ray Data hands
+those to a worker as plain 2-D arrays, with no per-row Python objects. `collate` turns a batch of
+episode rows into padded tensors.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import pyarrow as pa
 import torch
 
 from npalign.data.preferences import PairTable, PreferenceDataError
+
+PADDING = -1  # an index slot with no pair in it
 
 
 def sample_episodes(
@@ -39,21 +43,46 @@ def sample_episodes(
             )
     episode_user = rng.integers(0, len(users), size=num_episodes)
     sizes = rng.integers(min_context, max_context + 1, size=num_episodes)
-    context, target = [], []
-    for u, m in zip(episode_user, sizes, strict=True):
+    width = max(1, max_context)  # keep a real axis even when every context is empty
+    context = np.full((num_episodes, width), PADDING, dtype=np.int64)
+    target = np.empty((num_episodes, num_targets), dtype=np.int64)
+    for i, (u, m) in enumerate(zip(episode_user, sizes, strict=True)):
         rows = rows_of_user[u]
         picked = rows[rng.choice(len(rows), size=m + num_targets, replace=False)]
-        context.append(picked[:m])
-        target.append(picked[m:])
+        context[i, :m] = picked[:m]
+        target[i] = picked[m:]
     user_type = {u: pairs.user_type[rows[0]] for u, rows in enumerate(rows_of_user)}
     return pa.table(
         {
             "user": pa.array(users[episode_user], pa.string()),
             "user_type": pa.array([user_type[u] for u in episode_user], pa.string()),
-            "context": pa.array(context, pa.list_(pa.int64())),
-            "target": pa.array(target, pa.list_(pa.int64())),
+            "context": _fixed_width(context),
+            "target": _fixed_width(target),
         }
     )
+
+
+def _fixed_width(index: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(index.reshape(-1)), index.shape[1])
+
+
+def episode_arrays(episodes: pa.Table) -> dict[str, np.ndarray]:
+    """An episode table as the numpy batch Ray Data would yield: (episodes, width) index arrays
+    padded with -1, and the user columns."""
+    out = {}
+    for name in episodes.column_names:
+        column = episodes.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(column.type):
+            flat = column.flatten().to_numpy()
+            out[name] = flat.reshape(len(column), column.type.list_size)
+        else:
+            out[name] = np.asarray(column.to_pylist(), dtype=object)
+    return out
+
+
+def context_rows(episodes: pa.Table) -> list[np.ndarray]:
+    """Each episode's context row indices, padding dropped."""
+    return [row[row != PADDING] for row in episode_arrays(episodes)["context"]]
 
 
 @dataclass
@@ -84,15 +113,13 @@ class EpisodeBatch:
         return torch.where(self.target_choice[..., None].bool(), self.target_a, self.target_b)
 
 
-def _pad(lists) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged row-index lists → (batch, width) indices (0 on padding) and a validity mask."""
-    lengths = np.array([len(x) for x in lists])
-    width = max(1, int(lengths.max(initial=0)))  # keep a real axis even when every context is empty
-    mask = np.arange(width)[None, :] < lengths[:, None]
-    index = np.zeros(mask.shape, dtype=np.int64)
-    if lengths.sum():
-        index[mask] = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
-    return index, mask
+def _mask(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, width) indices padded with -1 → indices safe to gather (0 on padding), mask."""
+    if index.dtype == object:  # Ray Data yields fixed-width list columns as arrays of rows
+        index = np.stack(index)
+    index = torch.as_tensor(index.astype(np.int64, copy=False))
+    mask = index != PADDING
+    return index.clamp(min=0), mask
 
 
 def collate(episodes: dict[str, np.ndarray], pairs: PairTable) -> EpisodeBatch:
@@ -101,16 +128,15 @@ def collate(episodes: dict[str, np.ndarray], pairs: PairTable) -> EpisodeBatch:
     b = torch.from_numpy(pairs.features_b)
     choice = torch.from_numpy(pairs.choice.astype(np.float32))
 
-    c_index, c_mask = _pad(episodes["context"])
-    t_index, t_mask = _pad(episodes["target"])
-    c_index, t_index = torch.from_numpy(c_index), torch.from_numpy(t_index)
+    c_index, c_mask = _mask(episodes["context"])
+    t_index, t_mask = _mask(episodes["target"])
     c_choice = choice[c_index][..., None].bool()  # (batch, max_context, 1)
     return EpisodeBatch(
         context_chosen=torch.where(c_choice, b[c_index], a[c_index]),
         context_rejected=torch.where(c_choice, a[c_index], b[c_index]),
-        context_mask=torch.from_numpy(c_mask),
+        context_mask=c_mask,
         target_a=a[t_index],
         target_b=b[t_index],
         target_choice=choice[t_index],
-        target_mask=torch.from_numpy(t_mask),
+        target_mask=t_mask,
     )

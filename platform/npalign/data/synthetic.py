@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from npalign.config import SyntheticConfig, UserType
+from npalign.data.episodes import context_rows, episode_arrays
 from npalign.data.preferences import SPLITS, PairTable, write_pairs
 
 
@@ -84,9 +85,8 @@ def bayes_accuracy(pairs: PairTable, episodes) -> np.ndarray:
     choices[rows_pair, rows_type] = pairs.choice
 
     out = []
-    for context, target in zip(
-        episodes.column("context").to_pylist(), episodes.column("target").to_pylist(), strict=True
-    ):
+    targets = episode_arrays(episodes)["target"]
+    for context, target in zip(context_rows(episodes), targets, strict=True):
         c_pairs, t_pairs = rows_pair[context], rows_pair[target]
         consistent = (choices[c_pairs] == pairs.choice[context][:, None]).all(axis=0)  # (types,)
         vote_b = choices[t_pairs][:, consistent].mean(axis=1)  # (targets,) share voting b

@@ -1,0 +1,126 @@
+"""Platform overhead: NP-BTL training through Ray Data + Ray Train + DeepSpeed ZeRO-2 vs a plain
+single-process PyTorch loop over the same episodes, model and batch size, in one run.
+
+Steady state is the last epoch of the platform run (the first one warms up Ray Data's stream) and
+the plain loop after a few warm-up steps. Start-up (worker launch, imports, DeepSpeed init,
+checkpoints, validation) is printed separately: wall time of the fit minus its training time.
+
+  .venv/bin/python benchmarks/platform_overhead.py --out benchmarks/platform_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from npalign.config import load_config
+from npalign.data.episodes import collate, episode_arrays, sample_episodes
+from npalign.data.synthetic import make_synthetic
+from npalign.files import write_json
+from npalign.models.reward import build_reward_model, preference_loss
+from npalign.train.reward import fit_reward_model
+
+
+def plain_loop(config, pairs, episodes, warmup: int = 10) -> float:
+    """Episodes/s of a plain torch loop: collate → forward → backward → AdamW step."""
+    torch.manual_seed(config.train.seed)
+    model = build_reward_model("npbtl", config.model, pairs.feature_dim).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
+    rows = episode_arrays(episodes)
+    batch_size = config.train.batch_size
+    steps = len(rows["target"]) // batch_size
+    start = None
+    for step in range(steps):
+        if step == warmup:
+            start = time.perf_counter()
+        chunk = slice(step * batch_size, (step + 1) * batch_size)
+        batch = collate({k: v[chunk] for k, v in rows.items()}, pairs)
+        loss, _ = preference_loss(model(batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+    return (steps - warmup) * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args()
+    config = load_config(
+        None,
+        [
+            "data.train_episodes=25600",
+            "data.val_episodes=256",
+            "model.hidden_dim=128",
+            "train.epochs=2",
+            "train.zero_stage=2",
+            "train.batch_size=64",
+            *args.overrides,
+        ],
+    )
+    pairs = make_synthetic(config.data.synthetic)
+    d = config.data
+    episodes = {
+        "train": sample_episodes(
+            pairs["train"], d.train_episodes, d.min_context, d.max_context, d.num_targets, d.seed
+        ),
+        "val": sample_episodes(
+            pairs["val"], d.val_episodes, d.min_context, d.max_context, d.num_targets, d.seed + 1
+        ),
+    }
+
+    plain = plain_loop(config, pairs["train"], episodes["train"])
+    print(f"plain torch loop: {plain:.0f} episodes/s ({torch.get_num_threads()} threads)")
+
+    ray.init(include_dashboard=False)
+    with tempfile.TemporaryDirectory() as folder:
+        files = {}
+        for split, table in episodes.items():
+            files[split] = Path(folder) / f"{split}.parquet"
+            pq.write_table(table, files[split])
+        start = time.perf_counter()
+        result = fit_reward_model(config, "npbtl", pairs, files, Path(folder) / "checkpoints")
+        wall = time.perf_counter() - start
+        history = result.metrics_dataframe
+    per_epoch = history["train_episodes_per_s"].tolist()
+    train_seconds = sum(d.train_episodes / eps for eps in per_epoch)
+    platform = per_epoch[-1]
+    figures = {
+        "plain_episodes_per_s": plain,
+        "platform_episodes_per_s": platform,
+        "platform_episodes_per_s_by_epoch": per_epoch,
+        "ratio": platform / plain,
+        "startup_and_checkpoint_s": wall - train_seconds,
+        "fit_wall_s": wall,
+        "workers": config.train.num_workers,
+        "zero_stage": config.train.zero_stage,
+        "batch_size": config.train.batch_size,
+        "hidden_dim": config.model.hidden_dim,
+    }
+    print(
+        f"platform (Ray Data + Train + DeepSpeed ZeRO-{config.train.zero_stage}, "
+        f"{config.train.num_workers} workers): {platform:.0f} episodes/s in the last epoch"
+    )
+    print(f"ratio platform / plain: {figures['ratio']:.2f}x (goal >= 0.8x)")
+    print(
+        f"start-up, validation and checkpoints: {figures['startup_and_checkpoint_s']:.1f} s "
+        f"of a {wall:.1f} s fit"
+    )
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        write_json(args.out, figures)
+
+
+if __name__ == "__main__":
+    main()
