@@ -50,6 +50,69 @@ def plain_loop(config, pairs, episodes, warmup: int = 10) -> float:
     return (steps - warmup) * batch_size / (time.perf_counter() - start)
 
 
+def deepspeed_step_cost(config, pairs, episodes, steps: int = 150) -> dict[str, float]:
+    """ms per step of one worker's share of the batch, 1 thread: plain torch vs a single-process
+    DeepSpeed engine (same ZeRO stage, world size 1) over the same batches. Isolates what
+    DeepSpeed itself adds from Ray Data, communication and core sharing."""
+    import os
+
+    import deepspeed
+    import torch.distributed as dist
+
+    from npalign.train.deepspeed import deepspeed_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT="29517", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+    )
+    dist.init_process_group("gloo")
+    micro = config.train.batch_size // config.train.num_workers
+    rows = episode_arrays(episodes)
+    batches = [
+        collate({k: v[i * micro : (i + 1) * micro] for k, v in rows.items()}, pairs)
+        for i in range(steps + 10)
+    ]
+    train = config.train.model_copy(update={"batch_size": micro})
+
+    def time_steps(step) -> float:
+        for batch in batches[:10]:
+            step(batch)
+        start = time.perf_counter()
+        for batch in batches[10:]:
+            step(batch)
+        return (time.perf_counter() - start) / steps * 1000
+
+    torch.manual_seed(0)
+    model = build_reward_model("npbtl", config.model, pairs.feature_dim).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
+
+    def plain_step(batch):
+        loss, _ = preference_loss(model(batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+
+    torch.manual_seed(0)
+    ds_model = build_reward_model("npbtl", config.model, pairs.feature_dim)
+    engine, _, _, _ = deepspeed.initialize(
+        model=ds_model,
+        optimizer=torch.optim.AdamW(ds_model.parameters(), lr=config.train.lr),
+        config=deepspeed_config(train, 1),
+    )
+
+    def deepspeed_step(batch):
+        loss, _ = preference_loss(engine(batch), batch)
+        engine.backward(loss)
+        engine.step()
+
+    plain_ms, deepspeed_ms = time_steps(plain_step), time_steps(deepspeed_step)
+    dist.destroy_process_group()
+    torch.set_num_threads(threads)
+    return {"micro_batch": micro, "plain_ms": plain_ms, "deepspeed_ms": deepspeed_ms}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,6 +146,13 @@ def main() -> None:
     plain = plain_loop(config, pairs["train"], episodes["train"])
     print(f"plain torch loop: {plain:.0f} episodes/s ({torch.get_num_threads()} threads)")
 
+    step_cost = deepspeed_step_cost(config, pairs["train"], episodes["train"])
+    print(
+        f"one worker's step (batch {step_cost['micro_batch']}, 1 thread): "
+        f"plain {step_cost['plain_ms']:.1f} ms, DeepSpeed ZeRO-{config.train.zero_stage} "
+        f"{step_cost['deepspeed_ms']:.1f} ms"
+    )
+
     ray.init(include_dashboard=False)
     with tempfile.TemporaryDirectory() as folder:
         files = {}
@@ -102,6 +172,8 @@ def main() -> None:
         "platform_episodes_per_s_by_epoch": per_epoch,
         "ratio": platform / plain,
         "startup_and_checkpoint_s": wall - train_seconds,
+        "data_wait_share": history["data_wait_share"].tolist()[-1],
+        "step_cost_one_worker": step_cost,
         "fit_wall_s": wall,
         "workers": config.train.num_workers,
         "zero_stage": config.train.zero_stage,
