@@ -117,7 +117,7 @@ def _mask(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch, width) indices padded with -1 → indices safe to gather (0 on padding), mask."""
     if index.dtype == object:  # Ray Data yields fixed-width list columns as arrays of rows
         index = np.stack(index)
-    index = torch.as_tensor(index.astype(np.int64, copy=False))
+    index = torch.from_numpy(np.array(index, dtype=np.int64))  # a copy: Ray's arrays are read-only
     mask = index != PADDING
     return index.clamp(min=0), mask
 

@@ -1,0 +1,97 @@
+"""Text preference data: prompt, response_a, response_b, user (and user_type), choice.
+
+Loaded from a HF `datasets` hub name (when online), a local dataset folder, JSONL or parquet,
+with a mapping from the source's column names. Bad rows (missing or empty text, a choice that is
+not 0/1, a duplicated pair id) are skipped and counted with their reason; more than
+`max_bad_fraction` of them is one clear error instead. Written as parquet, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from npalign.data.preferences import PreferenceDataError
+from npalign.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+TEXT_COLUMNS = (
+    "pair_id",
+    "prompt_id",
+    "prompt",
+    "response_a",
+    "response_b",
+    "user",
+    "user_type",
+    "choice",
+)
+
+
+def text_id(*parts: str) -> str:
+    """A stable id for a prompt or a (prompt, response) pair: the first 16 hex of a SHA-256."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return digest[:16]
+
+
+@dataclass
+class BadRows:
+    """Rows skipped while reading a source, counted by reason."""
+
+    source: str
+    total: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    first_row: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, row: int, reason: str) -> None:
+        self.reasons[reason] += 1
+        self.first_row.setdefault(reason, row)
+
+    @property
+    def count(self) -> int:
+        return sum(self.reasons.values())
+
+    def check(self, max_bad_fraction: float) -> None:
+        """Log what was skipped; raise when more than `max_bad_fraction` of the rows were bad."""
+        if not self.count:
+            return
+        detail = "; ".join(
+            f"{n} × {reason} (first at row {self.first_row[reason]})"
+            for reason, n in self.reasons.most_common()
+        )
+        fraction = self.count / max(self.total, 1)
+        if fraction > max_bad_fraction:
+            raise PreferenceDataError(
+                f"{self.source}: {self.count} of {self.total} rows are bad ({fraction:.1%}, "
+                f"more than max_bad_fraction={max_bad_fraction:.1%}): {detail}"
+            )
+        log.warning("%s: skipped %d of %d rows: %s", self.source, self.count, self.total, detail)
+
+
+def load_records(source: str, split: str = "train") -> Iterable[dict[str, Any]]:
+    """Rows of a JSONL or parquet file, a saved or local HF dataset folder, or a hub name."""
+    import datasets
+
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json"):
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    if path.suffix == ".parquet":
+        return datasets.load_dataset("parquet", data_files=str(path), split="train")
+    if path.is_dir() and (path / "dataset_info.json").exists():
+        return datasets.load_from_disk(str(path))
+    return datasets.load_dataset(source, split=split)  # a hub name, or a folder of data files
+
+
+def write_text_pairs(rows: list[dict[str, Any]], path: str | Path) -> None:
+    schema = pa.schema([(c, pa.int8() if c == "choice" else pa.string()) for c in TEXT_COLUMNS])
+    table = pa.Table.from_pylist([{c: r[c] for c in TEXT_COLUMNS} for r in rows], schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
