@@ -66,11 +66,13 @@ def _fixed_width(index: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(index.reshape(-1)), index.shape[1])
 
 
-def episode_arrays(episodes: pa.Table) -> dict[str, np.ndarray]:
-    """An episode table as the numpy batch Ray Data would yield: (episodes, width) index arrays
-    padded with -1, and the user columns."""
+def episode_arrays(
+    episodes: pa.Table, columns: tuple[str, ...] | None = None
+) -> dict[str, np.ndarray]:
+    """An episode table (or some of its `columns`) as numpy: (episodes, width) index arrays
+    padded with -1, without a copy, and the user columns."""
     out = {}
-    for name in episodes.column_names:
+    for name in columns or episodes.column_names:
         column = episodes.column(name).combine_chunks()
         if pa.types.is_fixed_size_list(column.type):
             flat = column.flatten().to_numpy()
@@ -115,8 +117,6 @@ class EpisodeBatch:
 
 def _mask(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch, width) indices padded with -1 → indices safe to gather (0 on padding), mask."""
-    if index.dtype == object:  # Ray Data yields fixed-width list columns as arrays of rows
-        index = np.stack(index)
     index = torch.from_numpy(np.array(index, dtype=np.int64))  # a copy: Ray's arrays are read-only
     mask = index != PADDING
     return index.clamp(min=0), mask

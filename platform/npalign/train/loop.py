@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import deepspeed
-import numpy as np
+import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
@@ -40,7 +40,9 @@ class Task(Protocol):
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]: ...
 
-    def collate(self, rows: dict[str, np.ndarray], split: str) -> Any: ...
+    def collate(self, rows: pa.Table, split: str) -> Any:
+        """A batch of dataset rows (arrow: fixed-width list columns convert without copies)."""
+        ...
 
     def loss(
         self, model: nn.Module, batch: Any, step: int
@@ -64,7 +66,7 @@ def _validate(engine, task: Task, shard, micro_batch: int, step: int, device, dt
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=device)
     with torch.no_grad():
-        for rows in shard.iter_batches(batch_size=micro_batch, batch_format="numpy"):
+        for rows in shard.iter_batches(batch_size=micro_batch, batch_format="pyarrow"):
             batch = task.collate(rows, "val").to(device, dtype)
             _, metrics = task.loss(engine, batch, step)
             for name, values in metrics.items():
@@ -127,7 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         data_wait = 0.0  # time blocked on Ray Data: a high share means the input is the bottleneck
         rows_iter = iter(
             train_shard.iter_batches(
-                batch_size=micro_batch, batch_format="numpy", drop_last=True, prefetch_batches=4
+                batch_size=micro_batch, batch_format="pyarrow", drop_last=True, prefetch_batches=4
             )
         )
         while True:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
 import ray
 import ray.data
 import torch
@@ -16,7 +16,7 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from npalign.config import ModelConfig, RewardJobConfig
-from npalign.data.episodes import EpisodeBatch, collate
+from npalign.data.episodes import EpisodeBatch, collate, episode_arrays
 from npalign.data.preferences import PairTable
 from npalign.models.reward import build_reward_model, preference_loss, save_reward_model
 from npalign.train.loop import train_loop_per_worker
@@ -38,10 +38,10 @@ class RewardTask:
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
 
-    def collate(self, rows: dict[str, np.ndarray], split: str) -> EpisodeBatch:
+    def collate(self, rows: pa.Table, split: str) -> EpisodeBatch:
         if split not in self._tables:
             self._tables[split] = ray.get(self.pairs[split])
-        return collate(rows, self._tables[split])
+        return collate(episode_arrays(rows, ("context", "target")), self._tables[split])
 
     def kl_weight(self, step: int) -> float:
         if self.model.kl_anneal_steps == 0:
