@@ -48,6 +48,27 @@ class SyntheticConfig(Strict):
     seed: int = 0
 
 
+class TextColumns(Strict):
+    """Which of the source's columns hold each field of a text preference row. pair_id and
+    user_type may be absent: the pair id is then a hash of (prompt, response_a, response_b) and
+    the type is the user."""
+
+    prompt: str = "prompt"
+    response_a: str = "response_a"
+    response_b: str = "response_b"
+    user: str = "user"
+    choice: str = "choice"
+    pair_id: str | None = None
+    user_type: str | None = None
+
+
+class TextSourceConfig(Strict):
+    source: str = Field(description="hub name, dataset folder, .jsonl or .parquet file")
+    split: str = "train"
+    columns: TextColumns = TextColumns()
+    max_bad_fraction: float = Field(0.05, ge=0, le=1)
+
+
 class DataConfig(Strict):
     source: Literal["synthetic", "parquet"] = "synthetic"
     synthetic: SyntheticConfig = SyntheticConfig()

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from npalign.config import TextSourceConfig
 from npalign.data.preferences import PreferenceDataError
 from npalign.files import atomic_path
 
@@ -88,6 +89,57 @@ def load_records(source: str, split: str = "train") -> Iterable[dict[str, Any]]:
     if path.is_dir() and (path / "dataset_info.json").exists():
         return datasets.load_from_disk(str(path))
     return datasets.load_dataset(source, split=split)  # a hub name, or a folder of data files
+
+
+CHOICES = {0: 0, 1: 1, "0": 0, "1": 1, "a": 0, "b": 1, "A": 0, "B": 1}
+
+
+def load_text_pairs(config: TextSourceConfig) -> list[dict[str, Any]]:
+    """Rows in the text preference format from any source, mapped by `config.columns`."""
+    columns = config.columns
+    bad = BadRows(config.source)
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    for row_number, record in enumerate(load_records(config.source, config.split)):
+        bad.total += 1
+        try:
+            texts = {
+                f: record[getattr(columns, f)]
+                for f in ("prompt", "response_a", "response_b", "user")
+            }
+            choice = record[columns.choice]
+        except KeyError as e:
+            raise PreferenceDataError(
+                f"{config.source}: no column {e.args[0]!r} (data.columns maps the fields to "
+                f"the source's columns; found {sorted(record)})"
+            ) from None
+        empty = [f for f, t in texts.items() if not isinstance(t, str) or not t.strip()]
+        if empty:
+            bad.skip(row_number, f"missing or empty {empty[0]}")
+            continue
+        if choice not in CHOICES:
+            bad.skip(row_number, f"choice {choice!r} is not 0/1 or a/b")
+            continue
+        pair_id = (
+            str(record[columns.pair_id])
+            if columns.pair_id
+            else text_id(texts["prompt"], texts["response_a"], texts["response_b"])
+        )
+        if (pair_id, texts["user"]) in seen:
+            bad.skip(row_number, "duplicated pair id for this user")
+            continue
+        seen.add((pair_id, texts["user"]))
+        rows.append(
+            {
+                **texts,
+                "pair_id": pair_id,
+                "prompt_id": text_id(texts["prompt"]),
+                "user_type": str(record[columns.user_type]) if columns.user_type else texts["user"],
+                "choice": CHOICES[choice],
+            }
+        )
+    bad.check(config.max_bad_fraction)
+    return rows
 
 
 def write_text_pairs(rows: list[dict[str, Any]], path: str | Path) -> None:
