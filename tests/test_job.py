@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from test_preferences import small_table
+from test_text import text_splits
 
 from npalign.data.preferences import write_pairs
 
@@ -73,6 +74,19 @@ def test_context_larger_than_a_users_pairs(tmp_path, capsys):
     write_splits(data, rows=40)  # 20 pairs per user
     code, out = run(tmp_path, "data.source=parquet", f"data.path={data}", "data.max_context=10")
     assert_failed_cleanly(code, out, capsys, "user 'u0' has 20 pairs", "max_context (10)")
+
+
+def test_text_prompt_in_two_splits(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    text_splits(data, leak=True)
+    code, out = run(tmp_path, "data.source=text", f"data.path={data}")
+    assert_failed_cleanly(code, out, capsys, "in both train and test")
+
+
+def test_text_source_needs_a_path(tmp_path, capsys):
+    code, out = run(tmp_path, "data.source=text")
+    assert_failed_cleanly(code, out, capsys, "data.path is required")
 
 
 @pytest.mark.parametrize("flag", ["--help"])

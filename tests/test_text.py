@@ -6,7 +6,7 @@ import pytest
 
 from npalign.config import TextColumns, TextSourceConfig
 from npalign.data.preferences import PreferenceDataError
-from npalign.data.text import load_text_pairs, write_text_pairs
+from npalign.data.text import load_text_pairs, read_text_splits, write_text_pairs
 
 
 def records(n=20):
@@ -63,3 +63,36 @@ def test_unmapped_column_is_named(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records(3)))
     with pytest.raises(PreferenceDataError, match="no column 'prompt'"):
         load_text_pairs(TextSourceConfig(source=str(path)))
+
+
+def text_splits(folder, leak=False):
+    for split in ("train", "val", "test"):
+        rows = [
+            {
+                "prompt": f"{split} prompt {i}",
+                "response_a": "short",
+                "response_b": "a longer answer",
+                "user": "u0",
+                "pick": i % 2,
+            }
+            for i in range(4)
+        ]
+        if leak and split == "test":
+            rows[0]["prompt"] = "train prompt 0"
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{split}-source.parquet")
+        mapping = TextColumns(choice="pick")
+        source = TextSourceConfig(source=str(folder / f"{split}-source.parquet"), columns=mapping)
+        write_text_pairs(load_text_pairs(source), folder / f"{split}.parquet")
+
+
+def test_text_splits_are_checked_for_prompts_in_two_splits(tmp_path):
+    text_splits(tmp_path)
+    assert read_text_splits(tmp_path)["test"].num_rows == 4
+    text_splits(tmp_path, leak=True)
+    with pytest.raises(PreferenceDataError, match="1 prompt.* in both train and test"):
+        read_text_splits(tmp_path)
+    pq.write_table(
+        pq.read_table(tmp_path / "val.parquet").drop_columns(["prompt"]), tmp_path / "val.parquet"
+    )
+    with pytest.raises(PreferenceDataError, match="val.parquet: missing column.*prompt"):
+        read_text_splits(tmp_path)

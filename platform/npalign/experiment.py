@@ -12,13 +12,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from npalign.config import RewardJobConfig
 from npalign.data.episodes import sample_episodes
 from npalign.data.preferences import PairTable, read_splits, write_pairs
 from npalign.data.synthetic import bayes_accuracy, make_synthetic
+from npalign.data.text import read_text_splits
 from npalign.evaluate import (
+    combine_types,
     evaluate_reward_model,
     fixed_context_episodes,
     format_table,
@@ -39,9 +42,49 @@ class RewardRun:
 
 
 def load_pairs(config: RewardJobConfig) -> dict[str, PairTable]:
-    if config.data.source == "synthetic":
-        return make_synthetic(config.data.synthetic)
-    return read_splits(config.data.path)
+    data = config.data
+    if data.source == "synthetic":
+        return make_synthetic(data.synthetic)
+    if data.source == "parquet":
+        return read_splits(data.path)
+    import ray
+
+    from npalign.data.embed import embed_pairs
+    from npalign.data.steer import build_steer
+
+    tables = read_text_splits(build_steer(data.steer) if data.source == "steer" else data.path)
+    if not ray.is_initialized():
+        ray.init()  # the embedding runs on Ray Data: joins the cluster or starts a local one
+    pairs, _ = embed_pairs(tables, data.embed)
+    return pairs
+
+
+def sample_train_val(config: RewardJobConfig, pairs: dict[str, PairTable]) -> dict[str, pa.Table]:
+    data = config.data
+    return {
+        split: sample_episodes(
+            pairs[split],
+            num,
+            data.min_context,
+            data.max_context,
+            data.num_targets,
+            seed,
+            f"{split} split",
+        )
+        for split, num, seed in (
+            ("train", data.train_episodes, data.seed),
+            ("val", data.val_episodes, data.seed + 1),
+        )
+    }
+
+
+def write_episodes(episodes: dict[str, pa.Table], folder: Path) -> dict[str, Path]:
+    files = {}
+    for split, table in episodes.items():
+        files[split] = folder / f"{split}.parquet"
+        with atomic_path(files[split]) as tmp:
+            pq.write_table(table, tmp)
+    return files
 
 
 def bayes_reference(config: RewardJobConfig, test: PairTable) -> dict[str, list[float]]:
@@ -68,26 +111,7 @@ def run_reward_experiment(config: RewardJobConfig) -> RewardRun:
     pairs = load_pairs(config)
     # Sample every episode before creating the run folder: a context size that a user cannot
     # fill raises here.
-    episodes = {
-        "train": sample_episodes(
-            pairs["train"],
-            data.train_episodes,
-            data.min_context,
-            data.max_context,
-            data.num_targets,
-            data.seed,
-            "train split",
-        ),
-        "val": sample_episodes(
-            pairs["val"],
-            data.val_episodes,
-            data.min_context,
-            data.max_context,
-            data.num_targets,
-            data.seed + 1,
-            "val split",
-        ),
-    }
+    episodes = sample_train_val(config, pairs)
     for m in config.eval.context_sizes:
         fixed_context_episodes(pairs["test"], m, 1, data.num_targets, config.eval.seed)
 
@@ -96,11 +120,7 @@ def run_reward_experiment(config: RewardJobConfig) -> RewardRun:
     write_text(folder / "config.yaml", config_yaml(config))
     for split, table in pairs.items():
         write_pairs(table, folder / "data" / f"{split}.parquet")
-    episode_files = {}
-    for split, table in episodes.items():
-        episode_files[split] = folder / "episodes" / f"{split}.parquet"
-        with atomic_path(episode_files[split]) as tmp:
-            pq.write_table(table, tmp)
+    episode_files = write_episodes(episodes, folder / "episodes")
     log.info("run folder: %s", folder)
 
     import ray
@@ -109,6 +129,9 @@ def run_reward_experiment(config: RewardJobConfig) -> RewardRun:
         ray.init()  # joins the cluster under `ray job submit`, else starts a local one
     results = {}
     for kind in config.models:
+        if kind == "oracle":
+            results[kind] = fit_oracles(config, pairs, folder)
+            continue
         result = fit_reward_model(config, kind, pairs, episode_files, folder / "checkpoints")
         model = load_reward_model(Path(result.checkpoint.path))
         results[kind] = evaluate_reward_model(
@@ -137,3 +160,30 @@ def config_yaml(config: RewardJobConfig) -> str:
     import yaml
 
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def fit_oracles(config: RewardJobConfig, pairs: dict[str, PairTable], folder: Path) -> dict:
+    """One BTL per user type, trained on that type's labels and scored on that type's test users:
+    what a context-blind model reaches when it is told the type."""
+    from npalign.train.reward import fit_reward_model
+
+    result: dict = {"average": {}, "by_type": {}, "checkpoint": {}, "train_metrics": {}}
+    for user_type in sorted(set(pairs["train"].user_type)):
+        typed = {s: p.select(p.user_type == user_type) for s, p in pairs.items()}
+        name = f"oracle-{user_type}"
+        files = write_episodes(sample_train_val(config, typed), folder / "episodes" / name)
+        fit = fit_reward_model(config, "btl", typed, files, folder / "checkpoints", name=name)
+        scores = evaluate_reward_model(
+            load_reward_model(Path(fit.checkpoint.path)),
+            typed["test"],
+            config.eval.context_sizes,
+            config.eval.num_episodes,
+            config.data.num_targets,
+            config.eval.seed,
+        )
+        result["by_type"][user_type] = scores["by_type"][user_type]
+        result["checkpoint"][user_type] = fit.checkpoint.path
+        result["train_metrics"][user_type] = fit.metrics
+    for m in config.eval.context_sizes:
+        result["average"][m] = combine_types([by_m[m] for by_m in result["by_type"].values()])
+    return result

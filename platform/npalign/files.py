@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the whole new one, never half of one) and
+the cache folder for things built once and reused (steer task, embeddings, converted models)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,10 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def cache_dir(*parts: str) -> Path:
+    """$NPALIGN_CACHE (default ~/.cache/npalign) joined with `parts`: outside the repository, so a
+    fresh clone reuses what an earlier one built."""
+    root = Path(os.environ.get("NPALIGN_CACHE") or Path.home() / ".cache" / "npalign")
+    return root.joinpath(*parts)

@@ -8,6 +8,7 @@ episode rows into padded tensors.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -124,8 +125,12 @@ def _mask(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 def collate(episodes: dict[str, np.ndarray], pairs: PairTable) -> EpisodeBatch:
     """A batch of episode rows (numpy, as Ray Data yields them) → padded tensors."""
-    a = torch.from_numpy(pairs.features_a)
-    b = torch.from_numpy(pairs.features_b)
+    with warnings.catch_warnings():
+        # Features shared through Ray's object store are read-only; they are only ever indexed
+        # (which copies), so sharing them without a copy is safe.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        a = torch.from_numpy(pairs.features_a)
+        b = torch.from_numpy(pairs.features_b)
     choice = torch.from_numpy(pairs.choice.astype(np.float32))
 
     c_index, c_mask = _mask(episodes["context"])

@@ -46,6 +46,10 @@ class PairTable:
     def feature_dim(self) -> int:
         return self.features_a.shape[1]
 
+    def select(self, rows: np.ndarray) -> PairTable:
+        """The rows picked by a boolean mask or an index array."""
+        return PairTable(**{f: getattr(self, f)[rows] for f in self.__dataclass_fields__})
+
     def to_arrow(self) -> pa.Table:
         dim = self.feature_dim
         return pa.table(

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from npalign.config import TextSourceConfig
-from npalign.data.preferences import PreferenceDataError
+from npalign.data.preferences import SPLITS, PreferenceDataError
 from npalign.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -147,3 +148,43 @@ def write_text_pairs(rows: list[dict[str, Any]], path: str | Path) -> None:
     table = pa.Table.from_pylist([{c: r[c] for c in TEXT_COLUMNS} for r in rows], schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def split_by_prompt(
+    rows: list[dict[str, Any]], fractions=(0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    prompts = sorted({r["prompt_id"] for r in rows})
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    bounds = np.cumsum([int(round(f * len(prompts))) for f in fractions[:2]])
+    split_of = {}
+    for split, idx in zip(SPLITS, np.split(order, bounds), strict=True):
+        for i in idx:
+            split_of[prompts[i]] = split
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for r in rows:
+        out[split_of[r["prompt_id"]]].append(r)
+    return out
+
+
+def read_text_splits(folder: str | Path) -> dict[str, pa.Table]:
+    """train/val/test.parquet in the text preference format; a missing column or a prompt in two
+    splits is an error that names the file."""
+    tables = {}
+    for split in SPLITS:
+        path = Path(folder) / f"{split}.parquet"
+        if not path.exists():
+            raise PreferenceDataError(f"{path}: not found (a text data folder holds {SPLITS})")
+        table = pq.read_table(path)
+        missing = [c for c in TEXT_COLUMNS if c not in table.column_names]
+        if missing:
+            raise PreferenceDataError(f"{path}: missing column(s) {missing}")
+        tables[split] = table.select(list(TEXT_COLUMNS))
+    prompts = {s: set(t.column("prompt_id").to_pylist()) for s, t in tables.items()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = prompts[a] & prompts[b]
+        if shared:
+            raise PreferenceDataError(
+                f"{folder}: {len(shared)} prompt(s) in both {a} and {b} (e.g. {min(shared)}); "
+                "text data is split by prompt"
+            )
+    return tables

@@ -14,10 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from npalign.data.preferences import SPLITS
-from npalign.data.text import BadRows, text_id, write_text_pairs
+from npalign.data.text import BadRows, split_by_prompt, text_id, write_text_pairs
 
 ATTRIBUTES = {
     "hh": ("helpfulness", "honesty"),
@@ -92,22 +89,6 @@ def conflicting_pairs(
         if duplicated:
             bad.skip(row_number, "pair already seen in an earlier row")
     return rows
-
-
-def split_by_prompt(
-    rows: list[dict[str, Any]], fractions=(0.8, 0.1, 0.1), seed: int = 0
-) -> dict[str, list[dict[str, Any]]]:
-    prompts = sorted({r["prompt_id"] for r in rows})
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    bounds = np.cumsum([int(round(f * len(prompts))) for f in fractions[:2]])
-    split_of = {}
-    for split, idx in zip(SPLITS, np.split(order, bounds), strict=True):
-        for i in idx:
-            split_of[prompts[i]] = split
-    out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    for r in rows:
-        out[split_of[r["prompt_id"]]].append(r)
-    return out
 
 
 def build_ultrafeedback(

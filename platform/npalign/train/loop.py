@@ -11,6 +11,7 @@ import logging
 import math
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,6 +81,8 @@ def _validate(engine, task: Task, shard, micro_batch: int, step: int, device, dt
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    # DeepSpeed's ZeRO calls a torch collective that torch 2.13 marks deprecated, every step.
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
     task: Task = loop_config["task"]
     config = TrainConfig.model_validate(loop_config["train"])
     context = ray.train.get_context()

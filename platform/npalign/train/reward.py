@@ -72,9 +72,10 @@ def fit_reward_model(
     pairs: dict[str, PairTable],
     episodes: dict[str, Path],
     storage: Path,
+    name: str | None = None,
 ) -> ray.train.Result:
-    """Train one reward model; checkpoints go to storage/kind. Rerunning with the same storage
-    resumes from the latest checkpoint."""
+    """Train one reward model; checkpoints go to storage/name (default: the kind). Rerunning
+    with the same storage resumes from the latest checkpoint."""
     # Our own progress bar shows the training steps; Ray Data's per-operator bars would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     task = RewardTask(
@@ -92,7 +93,7 @@ def fit_reward_model(
         },
         scaling_config=scaling_config(config),
         run_config=RunConfig(
-            name=kind,
+            name=name or kind,
             storage_path=str(storage.resolve()),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -104,7 +105,7 @@ def fit_reward_model(
     )
     log.info(
         "training %s on %d workers (ZeRO-%d)",
-        kind,
+        name or kind,
         config.train.num_workers,
         config.train.zero_stage,
     )

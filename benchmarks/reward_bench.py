@@ -1,0 +1,58 @@
+"""What the reward benchmarks share: parse `--config/--out/overrides`, run the reward experiment,
+and write its results as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from npalign.config import RewardJobConfig, load_config
+from npalign.experiment import RewardRun, run_reward_experiment
+from npalign.files import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Bench:
+    config: RewardJobConfig
+    run: RewardRun
+    minutes: float
+    out: str | None
+
+
+def run_benchmark(doc: str, default_config: str, name: str) -> Bench:
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=str(ROOT / default_config))
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = load_config(args.config, [f"run.name={name}", *args.overrides])
+    start = time.perf_counter()
+    run = run_reward_experiment(config)
+    return Bench(config, run, (time.perf_counter() - start) / 60, args.out)
+
+
+def write_results(bench: Bench, **extra: Any) -> None:
+    if not bench.out:
+        return
+    write_json(
+        bench.out,
+        {
+            "config": bench.config.model_dump(mode="json"),
+            "minutes": bench.minutes,
+            "context_sizes": bench.config.eval.context_sizes,
+            "results": {
+                k: {"average": v["average"], "by_type": v["by_type"]}
+                for k, v in bench.run.results.items()
+            },
+            **extra,
+        },
+    )

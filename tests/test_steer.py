@@ -1,0 +1,69 @@
+"""The steer task: scorers, tone, labelling by user type, the cached build split by prompt."""
+
+import numpy as np
+
+from npalign.config import SteerConfig, SteerType
+from npalign.data.steer import (
+    build_steer,
+    casual,
+    formal,
+    formality_score,
+    length_score,
+    load_stories,
+    preference,
+    steer_rows,
+)
+from npalign.data.text import read_text_splits
+
+
+def test_scorers_rank_hand_written_examples():
+    short = "The council approved the budget."
+    long = "The council approved the budget on Tuesday after a long debate about road funding."
+    assert length_score(short) < length_score(long)
+    formal_text = (
+        "According to the report, the minister has not commented. Furthermore, it is unclear."
+    )
+    casual_text = "Okay so, the minister hasn't said anything. Pretty wild, right?"
+    neutral = "The minister has not commented."
+    assert formality_score(formal_text) > formality_score(neutral) > formality_score(casual_text)
+    assert formality_score("Hey, it's gonna rain lol!") < 0 < formality_score(formal_text)
+
+
+def test_preference_follows_attribute_direction_and_margin():
+    concise = SteerType(name="concise", attribute="length", prefers="lower", margin=2)
+    detailed = SteerType(name="detailed", attribute="length", prefers="higher", margin=2)
+    a, b = "one two three", "one two three four five six"
+    assert preference(concise, a, b) == 0 and preference(detailed, a, b) == 1
+    assert preference(concise, a, "one two three four") is None  # within the margin: a tie
+
+
+def test_tone_moves_formality_on_every_story():
+    rng = np.random.default_rng(0)
+    stories = load_stories()
+    assert len(stories) == 300
+    for story in stories:
+        body = " ".join(story[1:3])
+        assert formality_score(formal(body, rng)) > formality_score(casual(body, rng))
+
+
+def test_types_disagree_on_at_least_half_of_the_pairs():
+    rows, stats = steer_rows(SteerConfig(conflicting_only=False))
+    assert stats["disagreement"] >= 0.5
+    assert stats["pairs"] >= 3000
+    choice = {(r["pair_id"], r["user"]): r["choice"] for r in rows}
+    pairs = {r["pair_id"] for r in rows}
+    opposite = sum(choice[p, "concise"] != choice[p, "detailed"] for p in pairs)
+    assert opposite / len(pairs) >= 0.5
+    # The preferred answer is on either side about equally often: position carries no signal.
+    assert 0.4 < np.mean([r["choice"] for r in rows]) < 0.6
+
+
+def test_build_is_cached_and_split_by_prompt():
+    config = SteerConfig(stories=40, pairs_per_prompt=4)
+    folder = build_steer(config)
+    stamp = (folder / "train.parquet").stat().st_mtime_ns
+    assert build_steer(config) == folder
+    assert (folder / "train.parquet").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    tables = read_text_splits(folder)  # raises if a prompt were in two splits
+    assert sum(t.num_rows for t in tables.values()) > 0
+    assert build_steer(SteerConfig(stories=40, pairs_per_prompt=5)) != folder
