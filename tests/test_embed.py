@@ -73,3 +73,16 @@ def test_ray_data_job_embeds_only_what_is_not_cached(ray_cluster, tmp_path):
     keys = pair_texts(table, include_prompt=True)
     assert keys[text_id("Q?", "yes")] == "Q?\n\nyes"
     assert not np.allclose(pairs["train"].features_a, pairs["train"].features_b)
+
+
+def test_decoder_lm_with_last_token_pooling():
+    import torch
+
+    encoder = TextEncoder("smollm2", "last", 64)  # the packaged decoder, converted once
+    texts = ["Short.", "A somewhat longer text that needs more tokens than the first."]
+    both = encoder.embed(texts)
+    assert both.shape == (2, encoder.model.config.hidden_size)
+    tokens = encoder.tokenizer(texts[:1], return_tensors="pt")
+    with torch.inference_mode():
+        hidden = encoder.model(**tokens).last_hidden_state[0, -1]
+    np.testing.assert_allclose(both[0], hidden.numpy(), atol=1e-4)  # padding changed nothing
