@@ -14,11 +14,16 @@ from npalign.data.preferences import write_pairs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def job_main():
-    spec = importlib.util.spec_from_file_location("train_reward", ROOT / "jobs/train_reward.py")
+def load_job(name):
+    """A script of jobs/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"jobs/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def job_main():
+    return load_job("train_reward").main
 
 
 def write_splits(folder: Path, rows: int = 100) -> None:
@@ -95,3 +100,27 @@ def test_help_explains_the_options(flag, capsys):
         job_main()([flag])
     text = capsys.readouterr().out
     assert "ray job submit" in text and "key=value" in text
+
+
+@pytest.mark.parametrize("name", ["train_policy", "generate"])
+def test_policy_jobs_explain_themselves(name, capsys):
+    with pytest.raises(SystemExit):
+        load_job(name).main(["--help"])
+    text = capsys.readouterr().out
+    assert "--prompt" in text if name == "generate" else "policy.base" in text
+
+
+def test_policy_job_refuses_synthetic_data(tmp_path, capsys):
+    code = load_job("train_policy").main(
+        [f"run.output_dir={tmp_path / 'runs'}", "data.source=synthetic"]
+    )
+    assert code == 2
+    assert "data.source must be 'steer' or 'text'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_generate_names_the_bad_line_of_a_choices_file(tmp_path, capsys):
+    choices = tmp_path / "choices.jsonl"
+    choices.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        load_job("generate").read_choices(str(choices))

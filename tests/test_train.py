@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -130,3 +131,44 @@ def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_p
         "oracle-concise",
         "oracle-detailed",
     ]
+
+
+def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
+    from npalign.config import PolicyJobConfig
+    from npalign.policy_experiment import run_policy_experiment
+
+    job = load_config(
+        ROOT / "configs/steer_policy.yaml",
+        [
+            f"run.output_dir={tmp_path}",
+            "data.steer.stories=30",
+            "data.steer.pairs_per_prompt=6",
+            "data.max_context=3",
+            "data.num_targets=2",
+            "data.train_episodes=32",
+            "data.val_episodes=16",
+            "policy.num_layers=2",  # SmolLM2's first 2 blocks: the real tokenizer, a fast model
+            "policy.lora_rank=8",
+            "policy.max_response_tokens=24",
+            "train.epochs=2",
+            "train.lr=1e-3",
+            "eval.context_sizes=[0,3]",
+            "eval.num_episodes=8",
+        ],
+        PolicyJobConfig,
+    )
+    run = run_policy_experiment(job)
+    npdpo = run.results["npdpo"]
+    states = [
+        json.loads((c / "train_state.json").read_text())
+        for c in sorted(Path(npdpo["checkpoint"]).parent.glob("checkpoint_*"))
+        if c.is_dir()
+    ]
+    assert [s["epoch"] for s in states] == [1, 2]
+    # DPO starts at log 2 (FiLM and LoRA are the identity); a second pass over the same episodes
+    # must have learned something
+    first, second = (s["metrics"]["train_loss"] for s in states)
+    assert second < first and second < math.log(2)
+    assert (run.folder / "implicit_accuracy.png").exists()
+    for m in (0, 3):
+        assert 0 <= npdpo["average"][m]["mean"] <= 100

@@ -199,6 +199,46 @@ class RewardJobConfig(Strict):
     eval: EvalConfig = EvalConfig()
 
 
+class PolicyConfig(Strict):
+    """The NP-DPO policy: base LM + LoRA + FiLM(z), z from the context encoder."""
+
+    base: str = Field(
+        "smollm2", description="'smollm2' (the packaged SmolLM2-135M-Instruct) or any HF causal LM"
+    )
+    num_layers: int | None = Field(
+        None, gt=0, description="keep only the first N transformer blocks (quick runs, tests)"
+    )
+    lora_rank: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(["q_proj", "v_proj"], min_length=1)
+    hidden_dim: int = Field(256, gt=0, description="context encoder width")
+    latent_dim: int = Field(64, gt=0)
+    aggregation: Literal["mean", "attention"] = "mean"
+    encoder_init: str | None = Field(
+        None, description="an NP-BTL checkpoint folder whose context encoder initialises ours"
+    )
+    # At identity initialisation FiLM's and the encoder's gradients start tiny: a higher rate.
+    latent_lr: float = Field(1e-3, gt=0, description="learning rate of the encoder and FiLM")
+    beta: float = Field(0.05, gt=0, description="DPO β")
+    max_prompt_tokens: int = Field(256, gt=0, description="longer prompts keep their last tokens")
+    max_response_tokens: int = Field(160, gt=0, description="longer responses are cut")
+
+
+# npdpo: conditioned on z. dpo: the same network without z, on every user's labels (pooled).
+# oracle: one plain DPO per user type, on that type's labels only.
+PolicyKind = Literal["npdpo", "dpo", "oracle"]
+
+
+class PolicyJobConfig(Strict):
+    run: RunSettings = RunSettings(name="policy")
+    data: DataConfig = DataConfig(source="steer")
+    models: list[PolicyKind] = Field(["npdpo"], min_length=1)
+    policy: PolicyConfig = PolicyConfig()
+    train: TrainConfig = TrainConfig(lr=1e-4, batch_size=4, epochs=1)
+    eval: EvalConfig = EvalConfig()
+
+
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names file and field."""
 

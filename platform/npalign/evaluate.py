@@ -6,12 +6,15 @@ type means, so an unbalanced draw of users does not tilt the average).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
+from npalign.config import EvalConfig
 from npalign.data.episodes import collate, episode_arrays, sample_episodes
 from npalign.data.preferences import PairTable
 from npalign.files import atomic_path
@@ -63,20 +66,20 @@ def episode_accuracy(
     return np.concatenate(out)
 
 
-def evaluate_reward_model(
-    model: nn.Module,
+def evaluate_by_context(
+    score: Callable[[pa.Table], np.ndarray],
     pairs: PairTable,
-    context_sizes: list[int],
-    num_episodes: int,
+    settings: EvalConfig,
     num_targets: int,
-    seed: int,
 ) -> dict:
-    """{"average": {m: summary}, "by_type": {type: {m: summary}}}; a summary holds the mean,
-    the SEM and the number of episodes."""
+    """{"average": {m: summary}, "by_type": {type: {m: summary}}} for any model: `score` maps an
+    episode table to percent-correct per episode. A summary holds mean, SEM and episodes."""
     result: dict = {"average": {}, "by_type": {}}
-    for m in context_sizes:
-        episodes = fixed_context_episodes(pairs, m, num_episodes, num_targets, seed)
-        accuracy = episode_accuracy(model, pairs, episodes)
+    for m in settings.context_sizes:
+        episodes = fixed_context_episodes(
+            pairs, m, settings.num_episodes, num_targets, settings.seed
+        )
+        accuracy = score(episodes)
         types = np.asarray(episodes.column("user_type").to_pylist())
         per_type = []
         for user_type in sorted(set(types)):
@@ -85,6 +88,14 @@ def evaluate_reward_model(
             per_type.append(summary)
         result["average"][m] = combine_types(per_type)
     return result
+
+
+def evaluate_reward_model(
+    model: nn.Module, pairs: PairTable, settings: EvalConfig, num_targets: int
+) -> dict:
+    return evaluate_by_context(
+        lambda episodes: episode_accuracy(model, pairs, episodes), pairs, settings, num_targets
+    )
 
 
 def format_table(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from npalign.config import RewardJobConfig
+from npalign.config import DataConfig, RewardJobConfig
 from npalign.data.episodes import sample_episodes
 from npalign.data.preferences import PairTable, read_splits, write_pairs
 from npalign.data.synthetic import bayes_accuracy, make_synthetic
@@ -41,26 +41,35 @@ class RewardRun:
     table: str
 
 
-def load_pairs(config: RewardJobConfig) -> dict[str, PairTable]:
-    data = config.data
-    if data.source == "synthetic":
-        return make_synthetic(data.synthetic)
-    if data.source == "parquet":
-        return read_splits(data.path)
+def text_tables(data: DataConfig) -> dict[str, pa.Table]:
+    """The text preference splits of a steer or text data source (the steer task built or
+    taken from its cache)."""
+    from npalign.data.steer import build_steer
+
+    return read_text_splits(build_steer(data.steer) if data.source == "steer" else data.path)
+
+
+def embed_tables(tables: dict[str, pa.Table], data: DataConfig) -> dict[str, PairTable]:
     import ray
 
     from npalign.data.embed import embed_pairs
-    from npalign.data.steer import build_steer
 
-    tables = read_text_splits(build_steer(data.steer) if data.source == "steer" else data.path)
     if not ray.is_initialized():
         ray.init()  # the embedding runs on Ray Data: joins the cluster or starts a local one
     pairs, _ = embed_pairs(tables, data.embed)
     return pairs
 
 
-def sample_train_val(config: RewardJobConfig, pairs: dict[str, PairTable]) -> dict[str, pa.Table]:
+def load_pairs(config: RewardJobConfig) -> dict[str, PairTable]:
     data = config.data
+    if data.source == "synthetic":
+        return make_synthetic(data.synthetic)
+    if data.source == "parquet":
+        return read_splits(data.path)
+    return embed_tables(text_tables(data), data)
+
+
+def sample_train_val(data: DataConfig, pairs: dict[str, PairTable]) -> dict[str, pa.Table]:
     return {
         split: sample_episodes(
             pairs[split],
@@ -111,7 +120,7 @@ def run_reward_experiment(config: RewardJobConfig) -> RewardRun:
     pairs = load_pairs(config)
     # Sample every episode before creating the run folder: a context size that a user cannot
     # fill raises here.
-    episodes = sample_train_val(config, pairs)
+    episodes = sample_train_val(data, pairs)
     for m in config.eval.context_sizes:
         fixed_context_episodes(pairs["test"], m, 1, data.num_targets, config.eval.seed)
 
@@ -134,14 +143,7 @@ def run_reward_experiment(config: RewardJobConfig) -> RewardRun:
             continue
         result = fit_reward_model(config, kind, pairs, episode_files, folder / "checkpoints")
         model = load_reward_model(Path(result.checkpoint.path))
-        results[kind] = evaluate_reward_model(
-            model,
-            pairs["test"],
-            config.eval.context_sizes,
-            config.eval.num_episodes,
-            data.num_targets,
-            config.eval.seed,
-        )
+        results[kind] = evaluate_reward_model(model, pairs["test"], config.eval, data.num_targets)
         results[kind]["checkpoint"] = result.checkpoint.path
         results[kind]["train_metrics"] = result.metrics
 
@@ -171,16 +173,10 @@ def fit_oracles(config: RewardJobConfig, pairs: dict[str, PairTable], folder: Pa
     for user_type in sorted(set(pairs["train"].user_type)):
         typed = {s: p.select(p.user_type == user_type) for s, p in pairs.items()}
         name = f"oracle-{user_type}"
-        files = write_episodes(sample_train_val(config, typed), folder / "episodes" / name)
+        files = write_episodes(sample_train_val(config.data, typed), folder / "episodes" / name)
         fit = fit_reward_model(config, "btl", typed, files, folder / "checkpoints", name=name)
-        scores = evaluate_reward_model(
-            load_reward_model(Path(fit.checkpoint.path)),
-            typed["test"],
-            config.eval.context_sizes,
-            config.eval.num_episodes,
-            config.data.num_targets,
-            config.eval.seed,
-        )
+        model = load_reward_model(Path(fit.checkpoint.path))
+        scores = evaluate_reward_model(model, typed["test"], config.eval, config.data.num_targets)
         result["by_type"][user_type] = scores["by_type"][user_type]
         result["checkpoint"][user_type] = fit.checkpoint.path
         result["train_metrics"][user_type] = fit.metrics

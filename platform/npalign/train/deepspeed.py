@@ -41,10 +41,12 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
     }
 
 
-def full_state_dict(engine: deepspeed.DeepSpeedEngine) -> dict[str, torch.Tensor]:
-    """The whole model's weights on CPU. Collective under ZeRO-3: every rank must call it."""
+def trained_state_dict(engine: deepspeed.DeepSpeedEngine) -> dict[str, torch.Tensor]:
+    """The trainable parameters on CPU (all of a reward model; a policy's adapters, FiLM and
+    encoder, not its frozen base). Collective under ZeRO-3: every rank must call it."""
     module = engine.module
+    trained = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     if engine.zero_optimization_stage() == 3:
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        with deepspeed.zero.GatheredParameters([p for _, p in trained], modifier_rank=None):
+            return {n: p.detach().cpu().clone() for n, p in trained}
+    return {n: p.detach().cpu().clone() for n, p in trained}

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import deepspeed
 import pyarrow as pa
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 
 from npalign.config import TrainConfig
 from npalign.files import write_json
-from npalign.train.deepspeed import deepspeed_config, full_state_dict, use_bf16
+from npalign.train.deepspeed import deepspeed_config, trained_state_dict, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +171,59 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             engine.save_checkpoint(
                 folder, tag=DEEPSPEED_TAG, client_state={"epoch": epoch, "step": step}
             )
-            weights = full_state_dict(engine)
+            weights = trained_state_dict(engine)
             if rank == 0:
                 task.save(Path(folder), weights)
-                write_json(Path(folder) / STATE_FILE, {"epoch": epoch, "step": step})
+                state = {"epoch": epoch, "step": step, "metrics": metrics}
+                write_json(Path(folder) / STATE_FILE, state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
         if config.fail_after_epoch == epoch and checkpoint is None:
             raise RuntimeError(f"failure drill: train.fail_after_epoch={epoch}")
+
+
+def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
+    use_gpu = (
+        ray.cluster_resources().get("GPU", 0) > 0 if train.use_gpu == "auto" else train.use_gpu
+    )
+    resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    return ray.train.ScalingConfig(
+        num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+    )
+
+
+def fit_task(
+    task: Task,
+    train: TrainConfig,
+    train_episodes: int,
+    episodes: dict[str, Path],
+    storage: Path,
+    name: str,
+) -> ray.train.Result:
+    """Run this loop for `task` under a TorchTrainer: episodes streamed from parquet by Ray Data,
+    checkpoints in storage/name. Rerunning with the same storage resumes from the latest one."""
+    from ray.train.torch import TorchTrainer
+
+    # Our own progress bar shows the training steps; Ray Data's per-operator bars would bury it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "task": task,
+            "train": train.model_dump(),
+            "train_episodes": train_episodes,
+        },
+        scaling_config=scaling_config(train),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage.resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={
+            split: ray.data.read_parquet(str(episodes[split].resolve()))
+            for split in ("train", "val")
+        },
+    )
+    log.info("training %s on %d workers (ZeRO-%d)", name, train.num_workers, train.zero_stage)
+    return trainer.fit()

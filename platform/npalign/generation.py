@@ -1,0 +1,126 @@
+"""Generation for users: a user's few choices → z → responses with FiLM(z) in every block.
+
+Each row of a batch carries its own z, so different users share one `generate` call. A user's
+context is given as text (embedded here with the encoder the policy was trained with) or as
+embeddings already computed (e.g. stored by a server).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from npalign.data.embed import TextEncoder
+from npalign.data.sequences import prompt_tokens
+from npalign.models.policy import PolicyCheckpoint
+
+
+@dataclass
+class Choice:
+    """One labelled pair of a user: for `prompt` they preferred `chosen` over `rejected`."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class ContextEmbeddings:
+    chosen: np.ndarray  # (m, dim)
+    rejected: np.ndarray  # (m, dim)
+
+
+def embed_choices(
+    checkpoint: PolicyCheckpoint, users: list[list[Choice]]
+) -> list[ContextEmbeddings]:
+    """Text contexts → embeddings with the encoder setting the policy was trained with."""
+    setting = checkpoint.embed
+    encoder = TextEncoder(setting.model, setting.pooling, setting.max_length)
+
+    def text(prompt: str, response: str) -> str:
+        return f"{prompt}\n\n{response}" if setting.include_prompt else response
+
+    out = []
+    for choices in users:
+        if not choices:
+            dim = checkpoint.feature_dim
+            out.append(
+                ContextEmbeddings(np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32))
+            )
+            continue
+        chosen = encoder.embed([text(c.prompt, c.chosen) for c in choices])
+        rejected = encoder.embed([text(c.prompt, c.rejected) for c in choices])
+        out.append(ContextEmbeddings(chosen, rejected))
+    return out
+
+
+@torch.no_grad()
+def user_latents(checkpoint: PolicyCheckpoint, contexts: list[ContextEmbeddings]) -> torch.Tensor:
+    """One z per user (batch, latent); an empty context gives the learned "no information" z."""
+    dim = checkpoint.feature_dim
+    for i, c in enumerate(contexts):
+        for name, e in (("chosen", c.chosen), ("rejected", c.rejected)):
+            if e.ndim != 2 or e.shape[1] != dim:
+                raise ValueError(
+                    f"context {i}: {name} embeddings have shape {tuple(e.shape)}; the policy's "
+                    f"context encoder expects (pairs, {dim})"
+                )
+        if len(c.chosen) != len(c.rejected):
+            raise ValueError(
+                f"context {i}: {len(c.chosen)} chosen but {len(c.rejected)} rejected embeddings"
+            )
+    width = max(1, max(len(c.chosen) for c in contexts))
+    chosen = torch.zeros(len(contexts), width, dim)
+    rejected = torch.zeros(len(contexts), width, dim)
+    mask = torch.zeros(len(contexts), width, dtype=torch.bool)
+    for i, c in enumerate(contexts):
+        m = len(c.chosen)
+        chosen[i, :m] = torch.as_tensor(c.chosen, dtype=torch.float32)
+        rejected[i, :m] = torch.as_tensor(c.rejected, dtype=torch.float32)
+        mask[i, :m] = True
+    return checkpoint.policy.latent(chosen, rejected, mask)
+
+
+@torch.no_grad()
+def generate(
+    checkpoint: PolicyCheckpoint,
+    prompts: list[str],
+    z: torch.Tensor | None,
+    max_new_tokens: int = 128,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+) -> list[str]:
+    """One response per prompt, row i conditioned on z[i] (None: no FiLM, the plain policy)."""
+    tokenizer, policy = checkpoint.tokenizer, checkpoint.policy
+    if z is not None and len(z) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(z)} latents: one z per prompt")
+    limit = policy.lm.config.max_position_embeddings
+    rows = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt {i} is empty")
+        ids = prompt_tokens(tokenizer, prompt)
+        if len(ids) + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt {i}: {len(ids)} tokens + max_new_tokens {max_new_tokens} exceed the "
+                f"model's limit of {limit} positions"
+            )
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    sampling = (
+        {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+    )
+    out = policy.generate(
+        input_ids,
+        attention,
+        z,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad,
+        **sampling,
+    )
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]

@@ -1,0 +1,337 @@
+"""NP-DPO steerable policy: a causal LM with LoRA and a FiLM layer after every transformer block,
+conditioned per batch row on a user's latent z from the context encoder.
+
+    h_l ← γ_l(z) ⊙ h_l + β_l(z)     after block l, with γ_l = 1, β_l = 0 at initialisation
+
+The reference policy π_ref of DPO is the same network with LoRA and FiLM switched off (no copy of
+the weights). The DPO loss compares sequence log-probs summed over the response tokens only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from npalign.config import EmbedConfig, PolicyConfig
+from npalign.data.sequences import PolicyBatch
+from npalign.files import atomic_path, write_json
+from npalign.models.context import ContextEncoder
+
+
+class FiLM(nn.Module):
+    """γ(z) ⊙ h + β(z), exactly the identity at initialisation."""
+
+    def __init__(self, latent_dim: int, width: int):
+        super().__init__()
+        self.gamma = nn.Linear(latent_dim, width)
+        self.beta = nn.Linear(latent_dim, width)
+        for linear, bias in ((self.gamma, 1.0), (self.beta, 0.0)):
+            nn.init.zeros_(linear.weight)
+            nn.init.constant_(linear.bias, bias)
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """h: (batch, tokens, width), z: (batch, latent); each row scaled by its own z."""
+        z = z.to(h.dtype)
+        return self.gamma(z)[:, None, :] * h + self.beta(z)[:, None, :]
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of any HF causal LM (Llama's `model.layers`, GPT-2's
+    `transformer.h`, ...): the ModuleList as long as the config's number of layers."""
+    count = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"{type(model).__name__}: no list of {count} transformer blocks found")
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+@dataclass
+class PolicyOutput:
+    logprobs: torch.Tensor  # (episodes, targets, 2) log π(y | x, z), chosen then rejected
+    reference: torch.Tensor  # (episodes, targets, 2) log π_ref(y | x)
+
+
+class SteerablePolicy(nn.Module):
+    """LM + LoRA + FiLM + context encoder. z is set per call (`logits`, `generate`) or with
+    `conditioned(z)`; with z None, or inside `reference()`, the FiLM layers are skipped."""
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        encoder: ContextEncoder,
+        latent_dim: int,
+        lora: LoraSettings | None = None,
+    ):
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+
+        lora = lora or LoraSettings()
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        self.lm = get_peft_model(
+            lm,
+            LoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
+        self.encoder = encoder
+        blocks = transformer_blocks(self.lm)
+        width = self.lm.config.hidden_size
+        self.film = nn.ModuleList(FiLM(latent_dim, width) for _ in blocks)
+        self._z: torch.Tensor | None = None
+        self._film_on = True
+        for block, film in zip(blocks, self.film, strict=True):
+            block.register_forward_hook(self._film_hook(film))
+
+    def _film_hook(self, film: FiLM):
+        def hook(module, args, output):
+            if self._z is None or not self._film_on:
+                return output
+            if isinstance(output, tuple):  # older blocks return (hidden, *extras)
+                return (film(output[0], self._z), *output[1:])
+            return film(output, self._z)
+
+        return hook
+
+    @contextlib.contextmanager
+    def conditioned(self, z: torch.Tensor | None) -> Iterator[None]:
+        """Run the LM with FiLM(z): z (batch, latent), one row per sequence in the batch."""
+        previous, self._z = self._z, z
+        try:
+            yield
+        finally:
+            self._z = previous
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """π_ref: the base model, LoRA and FiLM both off (whatever z is set inside)."""
+        self._film_on = False
+        try:
+            with self.lm.disable_adapter():
+                yield
+        finally:
+            self._film_on = True
+
+    def latent(
+        self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """z (mean of q(z | context)) from embeddings of the context pairs: (batch, m, dim) ×2,
+        mask (batch, m) → (batch, latent)."""
+        return self.encoder(chosen, rejected, mask).mean
+
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        z: torch.Tensor | None,
+        keep: int = 0,
+    ) -> torch.Tensor:
+        """(batch, tokens, vocab) logits, or those of the last `keep` positions only (the LM
+        head over a large vocabulary costs more than a small model's blocks)."""
+        # Positions count real tokens only, so left padding changes nothing.
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with self.conditioned(z):
+            return self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                logits_to_keep=keep,
+            ).logits
+
+    def forward(self, batch: PolicyBatch, use_latent: bool = True) -> PolicyOutput:
+        """Sequence log-probs of every target response under π(·|x, z) and under π_ref."""
+        context = batch.context
+        z = None
+        if use_latent:
+            z = self.latent(context.context_chosen, context.context_rejected, context.context_mask)
+            per_episode = batch.input_ids.shape[0] // z.shape[0]  # targets × (chosen, rejected)
+            z = z.repeat_interleave(per_episode, dim=0)  # (sequences, latent)
+        # Sequences are left-padded: the logits of the last response_width + 1 positions
+        # predict every response token.
+        keep = batch.response_width + 1
+        ids, responses = batch.input_ids[:, -keep:], batch.response_mask[:, -keep:]
+        args = (batch.input_ids, batch.attention_mask)
+        policy = sequence_logprobs(self.logits(*args, z, keep), ids, responses)
+        with torch.no_grad(), self.reference():
+            reference = sequence_logprobs(self.logits(*args, None, keep), ids, responses)
+        episodes = context.context_mask.shape[0]
+        # (episodes, targets, 2): chosen then rejected
+        return PolicyOutput(policy.view(episodes, -1, 2), reference.view(episodes, -1, 2))
+
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor | None, **kw
+    ) -> torch.Tensor:
+        """HF generate with FiLM(z), a different z per row (greedy or sampling, not beams:
+        beam search reorders rows)."""
+        if kw.get("num_beams", 1) != 1:
+            raise ValueError("conditioned generation supports num_beams=1 only")
+        with self.conditioned(z):
+            return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+
+def sequence_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """Σ log π(token | prefix) over the response tokens only. logits (batch, tokens, vocab),
+    input_ids and response_mask (batch, tokens), mask 1 on response tokens → (batch,)."""
+    # Token t is predicted by the logits at t − 1.
+    logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (batch, tokens − 1, vocab)
+    targets = input_ids[:, 1:]
+    token_logprobs = logprobs.gather(-1, targets[..., None]).squeeze(-1)  # (batch, tokens − 1)
+    return (token_logprobs * response_mask[:, 1:].to(token_logprobs.dtype)).sum(-1)
+
+
+def dpo_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """−log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]) per pair, and the
+    implicit-reward margin (> 0 when the policy ranks the pair right). All inputs (pairs,)."""
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    return -F.logsigmoid(margin), margin
+
+
+def preference_metrics(output: PolicyOutput, beta: float) -> tuple[torch.Tensor, dict]:
+    """Mean DPO loss and per-episode metrics: nll (the DPO loss) and the implicit-reward
+    accuracy (share of target pairs whose margin is positive)."""
+    loss, margin = dpo_loss(
+        output.logprobs[..., 0],
+        output.logprobs[..., 1],
+        output.reference[..., 0],
+        output.reference[..., 1],
+        beta,
+    )  # (episodes, targets) each
+    return loss.mean(), {"nll": loss.mean(1), "accuracy": (margin > 0).float().mean(1)}
+
+
+# --- building, saving and loading -----------------------------------------------------------
+
+SPEC_FILE = "policy.json"
+WEIGHTS_FILE = "policy.safetensors"
+
+
+def truncate_blocks(lm: nn.Module, num_layers: int) -> None:
+    """Keep the first `num_layers` transformer blocks (a cheap stand-in model for quick runs)."""
+    blocks = transformer_blocks(lm)
+    del blocks[num_layers:]
+    lm.config.num_hidden_layers = num_layers
+    if getattr(lm.config, "layer_types", None):
+        lm.config.layer_types = lm.config.layer_types[:num_layers]
+
+
+def build_policy(config: PolicyConfig, feature_dim: int, use_latent: bool = True):
+    """(policy, tokenizer). Without the latent (plain DPO baselines) the encoder and FiLM are
+    frozen: only LoRA trains."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from npalign.models.pretrained import model_path
+
+    path = model_path(config.base)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if config.num_layers:
+        truncate_blocks(lm, config.num_layers)
+    encoder = ContextEncoder(feature_dim, config.hidden_dim, config.latent_dim, config.aggregation)
+    if config.encoder_init:
+        from npalign.models.reward import load_reward_model
+
+        reward = load_reward_model(Path(config.encoder_init))
+        encoder.load_state_dict(reward.context_encoder.state_dict())  # strict: dims must match
+    lora = LoraSettings(
+        config.lora_rank, config.lora_alpha, config.lora_dropout, tuple(config.lora_targets)
+    )
+    policy = SteerablePolicy(lm, encoder, config.latent_dim, lora)
+    if not use_latent:
+        for p in [*policy.encoder.parameters(), *policy.film.parameters()]:
+            p.requires_grad_(False)
+    return policy, tokenizer
+
+
+def trainable_state(policy: nn.Module) -> set[str]:
+    return {n for n, p in policy.named_parameters() if p.requires_grad}
+
+
+@dataclass
+class PolicyCheckpoint:
+    """What `load_policy` returns: the network, its tokenizer, whether it is conditioned on z,
+    and the encoder setting that embeds a user's context pairs (the one it was trained with)."""
+
+    policy: SteerablePolicy
+    tokenizer: object
+    use_latent: bool
+    embed: EmbedConfig
+    feature_dim: int
+
+
+def save_policy(
+    folder: Path,
+    config: PolicyConfig,
+    embed: EmbedConfig,
+    feature_dim: int,
+    use_latent: bool,
+    state_dict: dict[str, torch.Tensor],
+) -> None:
+    """Adapters, FiLM and context encoder together (the trained part; the base comes from
+    `config.base`), plus what is needed to rebuild the network and embed contexts."""
+    from safetensors.torch import save_file
+
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
+    spec = {
+        "policy": config.model_dump(mode="json"),
+        "embed": embed.model_dump(mode="json"),
+        "feature_dim": feature_dim,
+        "use_latent": use_latent,
+    }
+    write_json(folder / SPEC_FILE, spec)
+
+
+def load_policy(folder: Path) -> PolicyCheckpoint:
+    """The policy of a checkpoint folder, in eval mode; every trained tensor must be there and
+    nothing else (strict)."""
+    from safetensors.torch import load_file
+
+    spec = json.loads((folder / SPEC_FILE).read_text())
+    config = PolicyConfig.model_validate(spec["policy"])
+    policy, tokenizer = build_policy(config, spec["feature_dim"], spec["use_latent"])
+    state = load_file(str(folder / WEIGHTS_FILE))
+    expected = trainable_state(policy)
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE}: does not match the policy it describes: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    policy.load_state_dict(state, strict=False)  # the frozen base comes from config.base
+    return PolicyCheckpoint(
+        policy.eval(),
+        tokenizer,
+        spec["use_latent"],
+        EmbedConfig.model_validate(spec["embed"]),
+        spec["feature_dim"],
+    )

@@ -1,0 +1,174 @@
+"""The policy experiment end to end: text preferences → embeddings (for contexts) and tokens (for
+targets) → NP-DPO, pooled-DPO and per-type oracle DPO fits under Ray Train → implicit-reward
+accuracy per user type vs context size, on held-out targets never in the context.
+
+As for the reward experiment, everything that can be wrong with the input is checked before the
+run folder is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from npalign.config import PolicyJobConfig
+from npalign.data.episodes import episode_arrays
+from npalign.data.preferences import PairTable, PreferenceDataError
+from npalign.data.sequences import TokenizedPairs, collate_policy, tokenize_pairs
+from npalign.evaluate import (
+    combine_types,
+    evaluate_by_context,
+    fixed_context_episodes,
+    format_table,
+    plot_accuracy,
+)
+from npalign.experiment import (
+    config_yaml,
+    embed_tables,
+    sample_train_val,
+    text_tables,
+    write_episodes,
+)
+from npalign.files import write_json, write_text
+from npalign.models.policy import load_policy, preference_metrics
+
+log = logging.getLogger(__name__)
+
+PolicyData = dict[str, tuple[PairTable, TokenizedPairs]]
+
+
+@dataclass
+class PolicyRun:
+    folder: Path
+    results: dict[str, dict]  # kind → evaluate_by_context(...)
+    table: str
+
+
+def policy_data(job: PolicyJobConfig) -> PolicyData:
+    """Per split: the PairTable (embeddings, for contexts) and the tokens (for targets)."""
+    from transformers import AutoTokenizer
+
+    from npalign.models.pretrained import model_path
+
+    if job.data.source not in ("steer", "text"):
+        raise PreferenceDataError(
+            f"the policy trains on text: data.source must be 'steer' or 'text', "
+            f"not {job.data.source!r}"
+        )
+    tables = text_tables(job.data)
+    tokenizer = AutoTokenizer.from_pretrained(model_path(job.policy.base))
+    p = job.policy
+    tokens = {
+        split: tokenize_pairs(
+            table, tokenizer, p.max_prompt_tokens, p.max_response_tokens, f"{split} split"
+        )
+        for split, table in tables.items()
+    }
+    pairs = embed_tables(tables, job.data)
+    return {split: (pairs[split], tokens[split]) for split in tables}
+
+
+def select_type(data: PolicyData, user_type: str) -> PolicyData:
+    out = {}
+    for split, (pairs, tokens) in data.items():
+        rows = np.flatnonzero(pairs.user_type == user_type)
+        out[split] = (
+            pairs.select(rows),
+            TokenizedPairs(
+                [tokens.prompt[i] for i in rows],
+                [tokens.response_a[i] for i in rows],
+                [tokens.response_b[i] for i in rows],
+                tokens.pad_id,
+            ),
+        )
+    return out
+
+
+@torch.no_grad()
+def implicit_reward_accuracy(
+    policy,
+    use_latent: bool,
+    beta: float,
+    pairs: PairTable,
+    tokens: TokenizedPairs,
+    episodes: pa.Table,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Percent of target pairs whose DPO implicit reward ranks the chosen response higher, per
+    episode. (episodes,)"""
+    rows = episode_arrays(episodes, ("context", "target"))
+    out = []
+    for start in range(0, len(rows["target"]), batch_size):
+        batch = collate_policy(
+            {k: v[start : start + batch_size] for k, v in rows.items()}, pairs, tokens
+        )
+        _, metrics = preference_metrics(policy(batch, use_latent), beta)
+        out.append(metrics["accuracy"].numpy() * 100)
+    return np.concatenate(out)
+
+
+def evaluate_policy(job: PolicyJobConfig, checkpoint: Path, data: PolicyData) -> dict:
+    loaded = load_policy(checkpoint)
+    pairs, tokens = data["test"]
+    return evaluate_by_context(
+        lambda episodes: implicit_reward_accuracy(
+            loaded.policy, loaded.use_latent, job.policy.beta, pairs, tokens, episodes
+        ),
+        pairs,
+        job.eval,
+        job.data.num_targets,
+    )
+
+
+def run_policy_experiment(job: PolicyJobConfig) -> PolicyRun:
+    from npalign.train.policy import fit_policy  # Ray Train: imported only when training
+
+    data = policy_data(job)
+    pairs = {split: p for split, (p, _) in data.items()}
+    episodes = sample_train_val(job.data, pairs)
+    for m in job.eval.context_sizes:
+        fixed_context_episodes(pairs["test"], m, 1, job.data.num_targets, job.eval.seed)
+
+    folder = Path(job.run.output_dir) / f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=False)
+    write_text(folder / "config.yaml", config_yaml(job))
+    files = write_episodes(episodes, folder / "episodes")
+    log.info("run folder: %s", folder)
+
+    results: dict[str, dict] = {}
+    for kind in job.models:
+        if kind != "oracle":
+            fit = fit_policy(job, kind == "npdpo", data, files, folder / "checkpoints", kind)
+            results[kind] = evaluate_policy(job, Path(fit.checkpoint.path), data)
+            results[kind]["checkpoint"] = fit.checkpoint.path
+            continue
+        # One plain DPO per user type, trained and scored on that type's labels only.
+        oracle: dict = {"average": {}, "by_type": {}, "checkpoint": {}}
+        for user_type in sorted(set(pairs["train"].user_type)):
+            typed = select_type(data, user_type)
+            name = f"oracle-{user_type}"
+            typed_pairs = {split: p for split, (p, _) in typed.items()}
+            typed_files = write_episodes(
+                sample_train_val(job.data, typed_pairs), folder / "episodes" / name
+            )
+            fit = fit_policy(job, False, typed, typed_files, folder / "checkpoints", name)
+            scores = evaluate_policy(job, Path(fit.checkpoint.path), typed)
+            oracle["by_type"][user_type] = scores["by_type"][user_type]
+            oracle["checkpoint"][user_type] = fit.checkpoint.path
+        for m in job.eval.context_sizes:
+            oracle["average"][m] = combine_types([b[m] for b in oracle["by_type"].values()])
+        results[kind] = oracle
+
+    table = format_table(results, job.eval.context_sizes)
+    write_json(
+        folder / "metrics.json", {"results": results, "context_sizes": job.eval.context_sizes}
+    )
+    write_text(folder / "table.txt", table + "\n")
+    plot_accuracy(results, job.eval.context_sizes, folder / "implicit_accuracy.png")
+    return PolicyRun(folder, results, table)

@@ -1,0 +1,87 @@
+"""The NP-DPO policy as a task of the shared training loop, and its Ray Train fit.
+
+The driver prepares everything text-shaped once (embeddings of the context options, tokens of
+the target prompts and responses) and puts it in Ray's object store; each worker fetches it once
+and builds DPO batches from the episode rows Ray Data streams to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+import ray.train
+import torch
+from torch import nn
+
+from npalign.config import PolicyJobConfig
+from npalign.data.episodes import episode_arrays
+from npalign.data.preferences import PairTable
+from npalign.data.sequences import PolicyBatch, TokenizedPairs, collate_policy
+from npalign.models.policy import build_policy, preference_metrics, save_policy
+from npalign.train.loop import fit_task
+
+
+@dataclass
+class PolicyTask:
+    job: PolicyJobConfig
+    feature_dim: int
+    use_latent: bool
+    # split → ObjectRef of (PairTable, TokenizedPairs), fetched once per worker
+    data: dict[str, Any]
+    _tables: dict[str, tuple[PairTable, TokenizedPairs]] = field(default_factory=dict, repr=False)
+
+    def build_model(self) -> nn.Module:
+        policy, _ = build_policy(self.job.policy, self.feature_dim, self.use_latent)
+        return policy
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups[name.startswith(("encoder.", "film."))].append(p)
+        out = [{"params": groups[False], "lr": lr}]
+        if groups[True]:
+            out.append({"params": groups[True], "lr": self.job.policy.latent_lr})
+        return out
+
+    def collate(self, rows: pa.Table, split: str) -> PolicyBatch:
+        if split not in self._tables:
+            self._tables[split] = ray.get(self.data[split])
+        pairs, tokens = self._tables[split]
+        return collate_policy(episode_arrays(rows, ("context", "target")), pairs, tokens)
+
+    def loss(self, model: nn.Module, batch: PolicyBatch, step: int):
+        return preference_metrics(model(batch, self.use_latent), self.job.policy.beta)
+
+    def save(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
+        save_policy(
+            folder,
+            self.job.policy,
+            self.job.data.embed,
+            self.feature_dim,
+            self.use_latent,
+            state_dict,
+        )
+
+
+def fit_policy(
+    job: PolicyJobConfig,
+    use_latent: bool,
+    data: dict[str, tuple[PairTable, TokenizedPairs]],
+    episodes: dict[str, Path],
+    storage: Path,
+    name: str,
+) -> ray.train.Result:
+    """Train one policy (NP-DPO with the latent, plain DPO without); checkpoints in
+    storage/name, resumed from there when rerun."""
+    task = PolicyTask(
+        job=job,
+        feature_dim=data["train"][0].feature_dim,
+        use_latent=use_latent,
+        data={split: ray.put(data[split]) for split in ("train", "val")},
+    )
+    return fit_task(task, job.train, job.data.train_episodes, episodes, storage, name)

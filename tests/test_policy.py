@@ -1,0 +1,219 @@
+"""The NP-DPO policy on a tiny random Llama: FiLM identity at init, π_ref = the base model, a z per
+batch row, masked sequence log-probs and the DPO loss against hand computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from npalign.models.context import ContextEncoder
+from npalign.models.policy import FiLM, SteerablePolicy, dpo_loss, sequence_logprobs
+
+LATENT = 8
+
+
+def tiny_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def policy_and_base():
+    lm = tiny_lm()
+    ids = torch.randint(3, 64, (2, 10))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        base = lm(input_ids=ids, attention_mask=mask).logits.clone()
+    policy = SteerablePolicy(lm, ContextEncoder(16, 32, LATENT), LATENT).eval()
+    return policy, base, ids, mask
+
+
+def perturb(policy):
+    """Move LoRA and FiLM away from their identity initialisation, as training would."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_" in name or name.startswith("film."):
+                p.add_(torch.randn_like(p) * 0.5)
+
+
+def test_film_and_lora_are_the_identity_at_init(policy_and_base):
+    policy, base, ids, mask = policy_and_base
+    z = torch.randn(2, LATENT)
+    with torch.no_grad():
+        assert torch.equal(policy.logits(ids, mask, z), base)
+
+
+def test_reference_is_the_base_model_after_training(policy_and_base):
+    policy, base, ids, mask = policy_and_base
+    perturb(policy)
+    z = torch.randn(2, LATENT)
+    with torch.no_grad():
+        assert not torch.allclose(policy.logits(ids, mask, z), base)
+        with policy.reference():
+            assert torch.equal(policy.logits(ids, mask, z), base)
+        # only the adapters are trainable besides FiLM and the encoder: the base stays frozen
+    trainable = {n.split(".")[0] for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable == {"lm", "encoder", "film"}
+    assert all("lora_" in n for n, p in policy.lm.named_parameters() if p.requires_grad)
+
+
+def test_each_row_is_conditioned_on_its_own_z(policy_and_base):
+    policy, _, ids, mask = policy_and_base
+    perturb(policy)
+    z = torch.randn(2, LATENT)
+    other = z.clone()
+    other[1] = torch.randn(LATENT)
+    with torch.no_grad():
+        before, after = policy.logits(ids, mask, z), policy.logits(ids, mask, other)
+    assert torch.equal(before[0], after[0])
+    assert not torch.allclose(before[1], after[1])
+
+
+def test_generation_with_a_z_per_row_matches_generating_each_row_alone(policy_and_base):
+    policy, _, ids, mask = policy_and_base
+    perturb(policy)
+    z = torch.randn(2, LATENT) * 3
+    kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        both = policy.generate(ids, mask, z, **kw)
+        alone = [
+            policy.generate(ids[i : i + 1], mask[i : i + 1], z[i : i + 1], **kw) for i in (0, 1)
+        ]
+    assert torch.equal(both[0], alone[0][0]) and torch.equal(both[1], alone[1][0])
+
+
+def test_film_scales_and_shifts_per_row():
+    film = FiLM(2, 3)
+    h = torch.randn(2, 4, 3)
+    z = torch.randn(2, 2)
+    assert torch.equal(film(h, z), h)
+    with torch.no_grad():
+        film.gamma.weight.fill_(1.0)
+    out = film(h, z)
+    expected = (1 + z.sum(-1))[:, None, None] * h
+    torch.testing.assert_close(out, expected)
+
+
+def test_sequence_logprob_sums_response_tokens_only():
+    vocab = 4
+    logits = torch.randn(1, 5, vocab)
+    ids = torch.tensor([[2, 3, 1, 0, 0]])  # prompt "2", response "3 1", then padding
+    response = torch.tensor([[0, 1, 1, 0, 0]])
+    logp = torch.log_softmax(logits, -1)
+    by_hand = logp[0, 0, 3] + logp[0, 1, 1]  # token t is predicted at position t − 1
+    torch.testing.assert_close(sequence_logprobs(logits, ids, response), by_hand[None])
+
+
+def test_dpo_loss_by_hand():
+    chosen, rejected = torch.tensor([-10.0]), torch.tensor([-12.0])
+    ref_chosen, ref_rejected = torch.tensor([-11.0]), torch.tensor([-11.5])
+    loss, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.05)
+    expected_margin = 0.05 * ((-10 + 11) - (-12 + 11.5))  # 0.075
+    assert margin.item() == pytest.approx(expected_margin)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-expected_margin)))
+
+
+def test_left_padding_and_kept_logits_change_nothing(policy_and_base):
+    policy, _, ids, _ = policy_and_base
+    perturb(policy)
+    z = torch.randn(1, LATENT)
+    alone = ids[:1, :6]
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), alone], dim=1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 6, dtype=torch.long)], 1)
+    with torch.no_grad():
+        full = policy.logits(alone, torch.ones_like(alone), z)
+        kept = policy.logits(padded, mask, z, keep=3)
+    torch.testing.assert_close(kept, full[:, -3:], atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoint_round_trip_restores_generation_exactly(tmp_path):
+    from npalign.config import EmbedConfig, PolicyConfig
+    from npalign.data.sequences import prompt_tokens
+    from npalign.models.policy import build_policy, load_policy, save_policy, trainable_state
+
+    config = PolicyConfig(num_layers=1, lora_rank=4, hidden_dim=16, latent_dim=LATENT)
+    policy, tokenizer = build_policy(config, feature_dim=16)
+    perturb(policy)
+    state = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    save_policy(tmp_path, config, EmbedConfig(), 16, True, state)
+    checkpoint = load_policy(tmp_path)
+    loaded = checkpoint.policy
+    assert checkpoint.use_latent and trainable_state(loaded) == set(state)
+
+    ids = torch.tensor([prompt_tokens(tokenizer, "Tell me about the fire.")] * 2)
+    mask = torch.ones_like(ids)
+    z = torch.randn(2, LATENT) * 3
+    kw = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        before = policy.eval().generate(ids, mask, z, **kw)
+        after = loaded.generate(ids, mask, z, **kw)
+    assert torch.equal(before, after)
+    assert not torch.equal(before[0], before[1])  # the two rows' z steer them apart
+
+    # strict: a checkpoint missing a tensor (here the context encoder) is refused
+    del state[next(n for n in state if n.startswith("encoder."))]
+    save_policy(tmp_path, config, EmbedConfig(), 16, True, state)
+    with pytest.raises(ValueError, match="missing"):
+        load_policy(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def smol_checkpoint(tmp_path_factory):
+    """SmolLM2 cut to one block, LoRA and FiLM perturbed, saved and loaded back."""
+    from npalign.config import EmbedConfig, PolicyConfig
+    from npalign.models.policy import build_policy, load_policy, save_policy
+
+    folder = tmp_path_factory.mktemp("policy")
+    config = PolicyConfig(num_layers=1, lora_rank=4, hidden_dim=16, latent_dim=LATENT)
+    policy, _ = build_policy(config, feature_dim=384)
+    perturb(policy)
+    state = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    save_policy(folder, config, EmbedConfig(), 384, True, state)
+    return load_policy(folder)
+
+
+def test_generate_for_users_given_their_choices(smol_checkpoint):
+    from npalign.generation import Choice, embed_choices, generate, user_latents
+
+    concise = [Choice("What happened?", "A fire.", "A large fire broke out near the town today.")]
+    contexts = embed_choices(smol_checkpoint, [concise, []])
+    z = user_latents(smol_checkpoint, contexts)
+    assert z.shape == (2, LATENT)
+    prompts = ["What happened in this news story? A fire.", "Tell me about the weather, please."]
+    both = generate(smol_checkpoint, prompts, z, max_new_tokens=6)
+    # prompts of different lengths are left-padded: batching changes no row's answer
+    alone = [
+        generate(smol_checkpoint, [p], z[i : i + 1], max_new_tokens=6)[0]
+        for i, p in enumerate(prompts)
+    ]
+    assert both == alone
+
+
+def test_generate_rejects_bad_input_clearly(smol_checkpoint):
+    from npalign.generation import ContextEmbeddings, generate, user_latents
+
+    wrong = ContextEmbeddings(np.zeros((2, 128), np.float32), np.zeros((2, 128), np.float32))
+    with pytest.raises(
+        ValueError, match=r"context 0: chosen embeddings have shape \(2, 128\).*384"
+    ):
+        user_latents(smol_checkpoint, [wrong])
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        generate(smol_checkpoint, ["Hi?", "  "], None)
+    with pytest.raises(ValueError, match="exceed the model's limit"):
+        generate(smol_checkpoint, ["word " * 9000], None, max_new_tokens=8)
