@@ -17,32 +17,15 @@ and the run folder holding metrics.json, table.txt, implicit_accuracy.png and th
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from npalign.config import ConfigError, PolicyJobConfig, load_config
-from npalign.data.preferences import PreferenceDataError
+from npalign.cli import run_job
+from npalign.config import PolicyJobConfig
 from npalign.policy_experiment import run_policy_experiment
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. policy.beta=0.1")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        job = load_config(args.config, args.overrides, PolicyJobConfig)
-        run = run_policy_experiment(job)
-    except (ConfigError, PreferenceDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(run.table)
-    print(f"run folder: {run.folder}")
-    return 0
+    return run_job(__doc__, argv, PolicyJobConfig, run_policy_experiment)
 
 
 if __name__ == "__main__":

@@ -14,32 +14,15 @@ accuracy.png and the checkpoints.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-from npalign.config import ConfigError, load_config
-from npalign.data.preferences import PreferenceDataError
+from npalign.cli import run_job
+from npalign.config import RewardJobConfig
 from npalign.experiment import run_reward_experiment
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config, args.overrides)
-        run = run_reward_experiment(config)
-    except (ConfigError, PreferenceDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(run.table)
-    print(f"run folder: {run.folder}")
-    return 0
+    return run_job(__doc__, argv, RewardJobConfig, run_reward_experiment)
 
 
 if __name__ == "__main__":
