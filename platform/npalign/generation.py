@@ -7,6 +7,7 @@ embeddings already computed (e.g. stored by a server).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,12 +33,18 @@ class ContextEmbeddings:
     rejected: np.ndarray  # (m, dim)
 
 
+@functools.lru_cache(maxsize=2)
+def context_encoder(model: str, pooling: str, max_length: int) -> TextEncoder:
+    """The frozen text encoder, loaded once per process and setting, not once per call."""
+    return TextEncoder(model, pooling, max_length)
+
+
 def embed_choices(
     checkpoint: PolicyCheckpoint, users: list[list[Choice]]
 ) -> list[ContextEmbeddings]:
     """Text contexts → embeddings with the encoder setting the policy was trained with."""
     setting = checkpoint.embed
-    encoder = TextEncoder(setting.model, setting.pooling, setting.max_length)
+    encoder = context_encoder(setting.model, setting.pooling, setting.max_length)
 
     def text(prompt: str, response: str) -> str:
         return f"{prompt}\n\n{response}" if setting.include_prompt else response
