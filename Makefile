@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench bench-deps clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +39,16 @@ format: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
-bench: setup
+# TRL is a benchmark-only dependency (steer_policy.py compares our DPO step with its DPOTrainer).
+bench-deps: setup
+	$(BIN)/pip install -q trl==1.16.0
+
+bench: bench-deps
 	$(BIN)/python benchmarks/synthetic_reward.py --out benchmarks/synthetic_reward.json
 	$(BIN)/python benchmarks/platform_overhead.py --out benchmarks/platform_overhead.json
 	$(BIN)/python benchmarks/embedding_throughput.py --out benchmarks/embedding_throughput.json
 	$(BIN)/python benchmarks/steer_reward.py --out benchmarks/steer_reward.json
+	$(BIN)/python benchmarks/steer_policy.py --out benchmarks/steer_policy.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

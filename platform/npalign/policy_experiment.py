@@ -123,6 +123,7 @@ def evaluate_policy(job: PolicyJobConfig, checkpoint: Path, data: PolicyData) ->
         pairs,
         job.eval,
         job.data.num_targets,
+        context_blind=not loaded.use_latent,
     )
 
 

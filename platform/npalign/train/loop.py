@@ -62,6 +62,25 @@ def cosine_schedule(total_steps: int):
     return factor
 
 
+def build_engine(task: Task, config: TrainConfig, total_steps: int, world: int):
+    """(DeepSpeed engine, lr scheduler) for the task's model: torch AdamW over the task's
+    parameter groups, cosine decay over `total_steps`. deepspeed.initialize reuses the process
+    group already set up (by Ray Train: gloo on CPU, nccl on GPU)."""
+    torch.manual_seed(config.seed)
+    model = task.build_model()
+    optimizer = torch.optim.AdamW(
+        task.param_groups(model, config.lr), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(total_steps))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(config, world),
+    )
+    return engine, scheduler
+
+
 def _validate(engine, task: Task, shard, micro_batch: int, step: int, device, dtype) -> dict:
     """Mean of each per-episode metric over every rank's validation shard."""
     engine.eval()
@@ -93,21 +112,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     dtype = torch.bfloat16 if use_bf16(config) else torch.float32
 
-    torch.manual_seed(config.seed)
-    model = task.build_model()
-    optimizer = torch.optim.AdamW(
-        task.param_groups(model, config.lr), lr=config.lr, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_schedule(steps_per_epoch * config.epochs)
-    )
-    # deepspeed.initialize reuses the process group Ray Train set up (gloo on CPU, nccl on GPU).
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=scheduler,
-        config=deepspeed_config(config, world),
-    )
+    engine, scheduler = build_engine(task, config, steps_per_epoch * config.epochs, world)
 
     start_epoch, step = 1, 0
     checkpoint = ray.train.get_checkpoint()
@@ -199,6 +204,7 @@ def fit_task(
     episodes: dict[str, Path],
     storage: Path,
     name: str,
+    callbacks: list | None = None,
 ) -> ray.train.Result:
     """Run this loop for `task` under a TorchTrainer: episodes streamed from parquet by Ray Data,
     checkpoints in storage/name. Rerunning with the same storage resumes from the latest one."""
@@ -219,6 +225,7 @@ def fit_task(
             storage_path=str(storage.resolve()),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets={
             split: ray.data.read_parquet(str(episodes[split].resolve()))
