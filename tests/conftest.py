@@ -20,7 +20,10 @@ def ray_cluster():
     temp_dir = tempfile.mkdtemp(prefix="npalign-ray-")
     ray.init(
         num_cpus=2,
-        include_dashboard=False,
+        # Ray Train frees the workers of a run that Tune stops early through the state API,
+        # which the dashboard serves: without it their CPUs leak and later sweep trials hang.
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         log_to_driver=False,
         _temp_dir=temp_dir,
     )

@@ -239,11 +239,97 @@ class PolicyJobConfig(Strict):
     eval: EvalConfig = EvalConfig()
 
 
+class SearchDim(Strict):
+    """One dimension of a sweep's search space: exactly one of these keys."""
+
+    grid: list[Any] | None = Field(None, min_length=1, description="every value, crossed")
+    choice: list[Any] | None = Field(None, min_length=1, description="one value at random")
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = Field(None, description="low inclusive, high exclusive")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        given = [k for k, v in self if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of grid/choice/uniform/loguniform/randint, not {given}"
+            )
+        return self
+
+    def values(self) -> list[Any]:
+        """Values to validate against the job schema: the list, or both ends of the range."""
+        return next(list(v) for _, v in self if v is not None)
+
+
+# The sweep shares one dataset among its trials: these fields would change it.
+DATA_FIELDS = ("data.source", "data.path", "data.synthetic", "data.steer", "data.embed")
+
+
+class SweepConfig(Strict):
+    """A Ray Tune sweep of the reward job: each trial is `jobs/train_reward.py` with the base
+    config plus one point of the search space."""
+
+    name: str = "sweep"
+    output_dir: str = "runs"
+    base: str = Field(..., description="the job config every trial starts from")
+    overrides: list[str] = Field([], description="key=value applied to `base` before the space")
+    model: Literal["btl", "dpl", "npbtl"] = "npbtl"
+    space: dict[str, SearchDim] = Field(..., min_length=1, description="dotted job key → dim")
+    num_samples: int = Field(1, gt=0, description="draws of the space (each covers the grid)")
+    metric: Literal["val_nll", "val_accuracy"] = Field(
+        "val_nll", description="on the validation episodes every trial shares"
+    )
+    grace_period: int = Field(1, gt=0, description="ASHA: epochs before a trial can be stopped")
+    reduction_factor: float = Field(2, gt=1, description="ASHA: keep 1/factor at each rung")
+    max_concurrent_trials: int = Field(2, gt=0)
+    trial_cpus: float = Field(0.1, gt=0, description="the trial's driver; workers: train.*")
+    best_few: int = Field(3, gt=0, description="trials drawn in the accuracy-vs-context plot")
+    eval: EvalConfig = EvalConfig(num_episodes=500)
+
+    @model_validator(mode="after")
+    def _space_keeps_data(self):
+        for key in self.space:
+            if key.startswith(DATA_FIELDS):
+                raise ValueError(f"space.{key}: trials share one dataset; it cannot be searched")
+        return self
+
+
+class ServeConfig(Strict):
+    """The steerable endpoint (`serve/`): checkpoints, user store, limits, batching, scaling."""
+
+    policy: str = Field(..., description="NP-DPO checkpoint folder (jobs/train_policy.py)")
+    reward: str | None = Field(None, description="NP-BTL checkpoint folder, for /score")
+    store: str = Field("", description="SQLite file of user state; '' = $NPALIGN_CACHE/users.db")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    max_context_pairs: int = Field(32, gt=0, description="a stored user uses their latest ones")
+    max_prompt_tokens: int = Field(512, gt=0)
+    max_new_tokens: int = Field(256, gt=0, description="the most a request may ask for")
+    default_new_tokens: int = Field(128, gt=0)
+    max_batch_size: int = Field(8, gt=0, description="1 turns dynamic batching off")
+    batch_wait_timeout_s: float = Field(0.05, ge=0)
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(4, gt=0)
+    cpus_per_replica: float = Field(1, gt=0)
+    threads_per_replica: int = Field(1, gt=0, description="torch threads in each replica")
+
+    @model_validator(mode="after")
+    def _limits(self):
+        if self.default_new_tokens > self.max_new_tokens:
+            raise ValueError("default_new_tokens is over max_new_tokens")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas is over max_replicas")
+        return self
+
+
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names file and field."""
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """tree["a"]["b"] = value for "a.b", creating sections on the way."""
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -254,11 +340,8 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(
-    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), schema=RewardJobConfig
-):
-    """Read YAML at `path` (or start from defaults), apply `key.sub=value` overrides, validate."""
-    source = str(path) if path else "<defaults>"
+def load_tree(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The YAML at `path` (or {}) with `key.sub=value` overrides applied, not yet validated."""
     tree: dict[str, Any] = {}
     if path:
         try:
@@ -273,7 +356,11 @@ def load_config(
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def validate_config(tree: dict, schema, source: str):
     try:
         return schema.model_validate(tree)
     except ValidationError as e:
@@ -282,3 +369,10 @@ def load_config(
             where = ".".join(str(p) for p in err["loc"]) or "<top level>"
             lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), schema=RewardJobConfig
+):
+    """Read YAML at `path` (or start from defaults), apply `key.sub=value` overrides, validate."""
+    return validate_config(load_tree(path, overrides), schema, str(path) if path else "<defaults>")

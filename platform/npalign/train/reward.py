@@ -57,13 +57,23 @@ def fit_reward_model(
     episodes: dict[str, Path],
     storage: Path,
     name: str | None = None,
+    callbacks: list | None = None,
 ) -> ray.train.Result:
     """Train one reward model; checkpoints go to storage/name (default: the kind). Rerunning
-    with the same storage resumes from the latest checkpoint."""
+    with the same storage resumes from the latest checkpoint. `callbacks`: Ray Train callbacks
+    (a Tune sweep passes its report callback)."""
     task = RewardTask(
         kind=kind,
         model=config.model,
         feature_dim=pairs["train"].feature_dim,
         pairs={split: ray.put(pairs[split]) for split in ("train", "val")},
     )
-    return fit_task(task, config.train, config.data.train_episodes, episodes, storage, name or kind)
+    return fit_task(
+        task,
+        config.train,
+        config.data.train_episodes,
+        episodes,
+        storage,
+        name or kind,
+        callbacks,
+    )

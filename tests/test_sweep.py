@@ -1,0 +1,136 @@
+"""Ray Tune sweeps of the reward job: config checks, a 4-trial sweep, interrupt and resume."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from npalign.config import ConfigError, SweepConfig, load_config, load_tree
+from npalign.sweep import check_space
+
+ROOT = Path(__file__).resolve().parents[1]
+# A small synthetic task: each trial is one ~20 s Ray Train fit here. The default configuration
+# trains on at most 1 context pair; the space also tries 10.
+BASE = [
+    "base=" + str(ROOT / "configs/synthetic.yaml"),
+    "overrides=[data.synthetic.num_pairs=4000, data.train_episodes=6400, data.val_episodes=500,"
+    " train.epochs=2, train.cpus_per_worker=0.2, data.max_context=1, model.latent_dim=16]",
+    "eval.num_episodes=500",
+]
+
+
+def sweep_config(tmp_path, *extra: str) -> SweepConfig:
+    return load_config(
+        ROOT / "configs/sweep_synthetic.yaml",
+        [*BASE, f"output_dir={tmp_path}", *extra],
+        SweepConfig,
+    )
+
+
+def base_and_sweep(tmp_path, *extra: str) -> tuple[dict, SweepConfig]:
+    sweep = sweep_config(tmp_path, *extra)
+    return load_tree(sweep.base, sweep.overrides), sweep
+
+
+def test_space_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="model.latnt_dim"):
+        check_space(*base_and_sweep(tmp_path, "space={model.latnt_dim: {grid: [8]}}"))
+    with pytest.raises(ConfigError, match="train.lr"):
+        check_space(*base_and_sweep(tmp_path, "space={train.lr: {grid: [fast]}}"))
+    with pytest.raises(ConfigError, match="cannot be searched"):
+        sweep_config(tmp_path, "space={data.synthetic.seed: {grid: [1, 2]}}")
+    with pytest.raises(ConfigError, match="exactly one of"):
+        sweep_config(tmp_path, "space={train.lr: {grid: [0.1], uniform: [0.1, 0.2]}}")
+
+
+def read_trials(folder: Path) -> list[dict]:
+    with open(folder / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.ray
+def test_sweep_finds_a_config_at_least_as_good_as_the_default(ray_cluster, tmp_path):
+    from npalign.evaluate import evaluate_reward_model
+    from npalign.experiment import load_pairs, sample_train_val, write_episodes
+    from npalign.models.reward import load_reward_model
+    from npalign.sweep import run_sweep, trial_config
+    from npalign.train.reward import fit_reward_model
+
+    sweep = sweep_config(tmp_path)
+    run = run_sweep(sweep)
+
+    rows = read_trials(run.folder)
+    assert len(rows) == 4 and {r["status"] for r in rows} <= {"finished", "stopped early"}
+    assert run.best is not None and run.best["status"] == "finished"
+    assert (run.folder / "accuracy_vs_context.png").stat().st_size > 0
+    best_config = load_config(run.folder / "best.yaml")  # a valid reward-job config
+    assert best_config.models == ["npbtl"]
+
+    # The default configuration, trained the same way, against the chosen one on the test split.
+    default = trial_config(*base_and_sweep(tmp_path), {})
+    pairs = load_pairs(default)
+    files = write_episodes(sample_train_val(default.data, pairs), tmp_path / "default-episodes")
+    fit = fit_reward_model(default, "npbtl", pairs, files, tmp_path / "default", "npbtl")
+    settings = sweep.eval.model_copy(update={"context_sizes": [5], "num_episodes": 1000})
+
+    def accuracy_at_5(checkpoint) -> float:
+        model = load_reward_model(Path(checkpoint))
+        scores = evaluate_reward_model(model, pairs["test"], settings, default.data.num_targets)
+        return scores["average"][5]["mean"]
+
+    chosen, baseline = accuracy_at_5(run.best["checkpoint"]), accuracy_at_5(fit.checkpoint.path)
+    assert chosen >= baseline, (run.best, chosen, baseline)
+
+
+@pytest.mark.ray
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
+    from npalign.sweep import resume_sweep
+
+    # Two trials one after the other, in a separate driver attached to the session's cluster.
+    command = [
+        sys.executable,
+        str(ROOT / "tune/sweep_reward.py"),
+        "--config",
+        str(ROOT / "configs/sweep_synthetic.yaml"),
+        *BASE,
+        f"output_dir={tmp_path}",
+        "space={data.max_context: {grid: [1, 10]}}",
+        "max_concurrent_trials=1",
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    sweep = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 400
+    finished: list[Path] = []
+    while not finished and time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(1)
+        # Tune's record of a trial's last report: the final one carries "finished".
+        finished = [
+            r
+            for r in tmp_path.glob("sweep-synthetic-*/tune/*/result.json")
+            if '"finished": 1' in r.read_text()
+        ]
+    assert finished, sweep.stderr.read().decode()[-3000:] if sweep.poll() else "no trial finished"
+    time.sleep(3)  # the trial function returns right after its final report
+    sweep.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
+    sweep.wait(timeout=120)
+    folder = finished[0].parents[2]
+    evaluations = list(folder.glob("trials/*/evaluation.json"))
+    assert len(evaluations) == 1
+    first, done_before = evaluations[0].parent.name, evaluations[0].stat().st_mtime
+
+    run = resume_sweep(folder)
+    rows = read_trials(folder)
+    # The second trial ran to its end or was stopped by ASHA; nothing errored or was left over.
+    assert len(rows) == 2 and {r["status"] for r in rows} <= {"finished", "stopped early"}, rows
+    assert {r["trial"]: r["status"] for r in rows}[first] == "finished"
+    starts = [line.split()[1] for line in (folder / "trial_starts.log").read_text().splitlines()]
+    assert starts.count(first) == 1, starts  # the finished trial did not run again
+    assert evaluations[0].stat().st_mtime == done_before
+    assert run.best is not None
+    assert yaml.safe_load((folder / "best.yaml").read_text())["models"] == ["npbtl"]
