@@ -203,6 +203,9 @@ def test_generate_for_users_given_their_choices(smol_checkpoint):
         for i, p in enumerate(prompts)
     ]
     assert both == alone
+    # a limit per row (requests batched by a server): each row as if generated alone
+    mixed = generate(smol_checkpoint, prompts, z, max_new_tokens=[2, 6])
+    assert mixed == [generate(smol_checkpoint, prompts[:1], z[:1], max_new_tokens=2)[0], alone[1]]
 
 
 def test_generate_rejects_bad_input_clearly(smol_checkpoint):

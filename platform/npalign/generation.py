@@ -63,6 +63,14 @@ def embed_choices(
     return out
 
 
+def embed_responses(checkpoint: PolicyCheckpoint, prompt: str, responses: list[str]) -> np.ndarray:
+    """Candidate responses to `prompt` → (responses, dim) features, in the same setting as the
+    context pairs (what a reward model trained on that setting scores)."""
+    setting = checkpoint.embed
+    encoder = context_encoder(setting.model, setting.pooling, setting.max_length)
+    return encoder.embed([f"{prompt}\n\n{r}" if setting.include_prompt else r for r in responses])
+
+
 @torch.no_grad()
 def user_latents(checkpoint: PolicyCheckpoint, contexts: list[ContextEmbeddings]) -> torch.Tensor:
     """One z per user (batch, latent); an empty context gives the learned "no information" z."""
@@ -95,24 +103,27 @@ def generate(
     checkpoint: PolicyCheckpoint,
     prompts: list[str],
     z: torch.Tensor | None,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | list[int] = 128,
     do_sample: bool = False,
     temperature: float = 1.0,
 ) -> list[str]:
-    """One response per prompt, row i conditioned on z[i] (None: no FiLM, the plain policy)."""
+    """One response per prompt, row i conditioned on z[i] (None: no FiLM, the plain policy).
+    `max_new_tokens` may differ per row (a server batching requests): the batch generates up to
+    the largest and each row keeps its own first tokens, which are what it alone would get."""
     tokenizer, policy = checkpoint.tokenizer, checkpoint.policy
     if z is not None and len(z) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(z)} latents: one z per prompt")
-    limit = policy.lm.config.max_position_embeddings
+    limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    positions = policy.lm.config.max_position_embeddings
     rows = []
-    for i, prompt in enumerate(prompts):
+    for i, (prompt, new) in enumerate(zip(prompts, limits, strict=True)):
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt {i} is empty")
         ids = prompt_tokens(tokenizer, prompt)
-        if len(ids) + max_new_tokens > limit:
+        if len(ids) + new > positions:
             raise ValueError(
-                f"prompt {i}: {len(ids)} tokens + max_new_tokens {max_new_tokens} exceed the "
-                f"model's limit of {limit} positions"
+                f"prompt {i}: {len(ids)} tokens + max_new_tokens {new} exceed the "
+                f"model's limit of {positions} positions"
             )
         rows.append(ids)
     width = max(len(r) for r in rows)
@@ -126,8 +137,11 @@ def generate(
         input_ids,
         attention,
         z,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max(limits),
         pad_token_id=pad,
         **sampling,
     )
-    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+    return [
+        tokenizer.decode(row[width : width + new], skip_special_tokens=True).strip()
+        for row, new in zip(out, limits, strict=True)
+    ]

@@ -1,0 +1,145 @@
+"""Per-user state for serving: each user's choices, kept as embeddings of the chosen and the
+rejected response (never the raw text), shared by every replica and kept across restarts.
+
+The embedded default is one SQLite file (WAL, so readers never block the writer; replicas on
+one node share it). `secure_delete` overwrites a deleted user's bytes and a WAL checkpoint
+follows each delete, so after `delete` nothing of theirs is left in the file. Another backend
+(Redis, Postgres) only needs the three methods of `UserStore`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class UserState:
+    user_id: str
+    chosen: np.ndarray  # (choices, dim) float32, oldest first
+    rejected: np.ndarray  # (choices, dim)
+    updated: float  # unix time of the last change
+    version: int  # +1 on every change: a cached z is valid while the version is unchanged
+
+
+class UserStore(Protocol):
+    def add_choices(self, user_id: str, chosen: np.ndarray, rejected: np.ndarray) -> UserState: ...
+
+    def get(self, user_id: str) -> UserState | None: ...
+
+    def delete(self, user_id: str) -> bool: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY, dim INTEGER NOT NULL, version INTEGER NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS choices (
+    user_id TEXT NOT NULL, seq INTEGER NOT NULL, chosen BLOB NOT NULL, rejected BLOB NOT NULL,
+    PRIMARY KEY (user_id, seq));
+"""
+
+
+class SQLiteUserStore:
+    """A UserStore in one SQLite file; a connection per call, so threads and processes share
+    it safely."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA secure_delete=ON")
+        return db
+
+    def add_choices(self, user_id: str, chosen: np.ndarray, rejected: np.ndarray) -> UserState:
+        chosen = np.ascontiguousarray(chosen, dtype=np.float32)
+        rejected = np.ascontiguousarray(rejected, dtype=np.float32)
+        if chosen.ndim != 2 or chosen.shape != rejected.shape or not len(chosen):
+            raise ValueError(
+                f"choices: chosen {chosen.shape} and rejected {rejected.shape} must be the same "
+                "non-empty (choices, dim) shape"
+            )
+        now = time.time()
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")  # one writer at a time: seq numbers stay unique
+            row = db.execute(
+                "SELECT dim, version FROM users WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            if row and row[0] != chosen.shape[1]:
+                raise ValueError(
+                    f"user {user_id!r}: stored choices have dimension {row[0]}, "
+                    f"these have {chosen.shape[1]}"
+                )
+            start = db.execute(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM choices WHERE user_id = ?", (user_id,)
+            ).fetchone()[0]
+            db.executemany(
+                "INSERT INTO choices VALUES (?, ?, ?, ?)",
+                [
+                    (user_id, start + i, c.tobytes(), r.tobytes())
+                    for i, (c, r) in enumerate(zip(chosen, rejected, strict=True))
+                ],
+            )
+            if row:
+                db.execute(
+                    "UPDATE users SET version = version + 1, updated = ? WHERE user_id = ?",
+                    (now, user_id),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO users VALUES (?, ?, 1, ?, ?)",
+                    (user_id, chosen.shape[1], now, now),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+        state = self.get(user_id)
+        assert state is not None
+        return state
+
+    def get(self, user_id: str) -> UserState | None:
+        db = self._connect()
+        try:
+            user = db.execute(
+                "SELECT dim, version, updated FROM users WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            if user is None:
+                return None
+            rows = db.execute(
+                "SELECT chosen, rejected FROM choices WHERE user_id = ? ORDER BY seq", (user_id,)
+            ).fetchall()
+        finally:
+            db.close()
+        dim, version, updated = user
+
+        def stack(column: int) -> np.ndarray:
+            return np.frombuffer(b"".join(r[column] for r in rows), np.float32).reshape(-1, dim)
+
+        return UserState(user_id, stack(0), stack(1), updated, version)
+
+    def delete(self, user_id: str) -> bool:
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM choices WHERE user_id = ?", (user_id,))
+            found = db.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount > 0
+            db.execute("COMMIT")
+            # Move the change from the write-ahead log into the (zeroed) pages and empty the log.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.close()
+        return found

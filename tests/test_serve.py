@@ -1,0 +1,144 @@
+"""The steerable endpoint through a real local Ray Serve instance (one for this module), with a
+one-block SmolLM2 policy and an untrained NP-BTL: these tests check the service, not quality."""
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.ray
+
+CHOICES = [
+    {"prompt": "What happened?", "chosen": "A fire.", "rejected": "A big fire broke out today."},
+    {"prompt": "Any news?", "chosen": "Rain.", "rejected": "Heavy rain fell across the state."},
+]
+
+SHORT = {"chosen": [[1.0]], "rejected": [[0.0]]}  # 1 feature, the model expects 384
+RAGGED = {"chosen": [[1.0], [1.0, 2.0]], "rejected": [[0.0]]}
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_cluster, tmp_path_factory):
+    import torch
+
+    from npalign.config import EmbedConfig, ModelConfig, PolicyConfig, ServeConfig
+    from npalign.models.policy import build_policy, save_policy
+    from npalign.models.reward import build_reward_model, save_reward_model
+    from npalign.serving import running_endpoint
+
+    folder = tmp_path_factory.mktemp("serve")
+    config = PolicyConfig(num_layers=1, lora_rank=4, hidden_dim=16, latent_dim=8)
+    policy, _ = build_policy(config, feature_dim=384)
+    state = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    save_policy(folder / "policy", config, EmbedConfig(), 384, True, state)
+    torch.manual_seed(0)
+    model = ModelConfig(hidden_dim=16, latent_dim=8)
+    reward = build_reward_model("npbtl", model, 384)
+    save_reward_model(folder / "reward", "npbtl", model, 384, reward.state_dict())
+    settings = ServeConfig(
+        policy=str(folder / "policy"),
+        reward=str(folder / "reward"),
+        store=str(folder / "users.db"),
+        port=8123,
+        max_context_pairs=4,
+        max_new_tokens=8,
+        default_new_tokens=4,
+        max_prompt_tokens=64,
+        min_replicas=1,
+        max_replicas=1,
+        cpus_per_replica=0.5,
+    )
+    with running_endpoint(settings) as url:
+        yield url, settings
+
+
+def post(url, path, body, timeout=120):
+    return requests.post(url + path, json=body, timeout=timeout)
+
+
+def test_generate_for_a_user_given_their_context(endpoint):
+    url, _ = endpoint
+    reply = post(url, "/generate", {"prompt": "What happened today?", "choices": CHOICES})
+    assert reply.status_code == 200, reply.text
+    assert isinstance(reply.json()["response"], str) and reply.json()["context_pairs"] == 2
+    embedded = {"chosen": [[0.1] * 384], "rejected": [[0.0] * 384]}
+    reply = post(url, "/generate", {"prompt": "Hi?", "context_embeddings": embedded})
+    assert reply.status_code == 200, reply.text
+    scores = post(url, "/score", {"prompt": "Q?", "responses": ["a", "b c"], "choices": CHOICES})
+    assert scores.status_code == 200 and len(scores.json()["scores"]) == 2
+
+
+def test_add_choices_then_generate_by_user_id_and_delete(endpoint):
+    url, settings = endpoint
+    added = post(url, "/users/erin/choices", {"choices": CHOICES[:1]})
+    assert added.status_code == 200 and added.json()["choices"] == 1
+    added = post(url, "/users/erin/choices", {"choices": CHOICES[1:]})
+    assert added.json()["choices"] == 2
+    assert requests.get(url + "/users/erin", timeout=30).json()["choices"] == 2
+    reply = post(url, "/generate", {"prompt": "What happened today?", "user_id": "erin"})
+    assert reply.status_code == 200 and reply.json()["context_pairs"] == 2
+
+    assert requests.delete(url + "/users/erin", timeout=30).status_code == 204
+    assert requests.get(url + "/users/erin", timeout=30).status_code == 404
+    from npalign.user_store import SQLiteUserStore
+
+    assert SQLiteUserStore(settings.store).get("erin") is None
+    files = b"".join(p.read_bytes() for p in Path(settings.store).parent.glob("users.db*"))
+    assert b"erin" not in files
+
+
+def test_a_replica_restart_keeps_the_user(endpoint):
+    import ray
+
+    url, _ = endpoint
+    assert post(url, "/users/frank/choices", {"choices": CHOICES}).status_code == 200
+    named = ray.util.list_named_actors(all_namespaces=True)
+    replicas = [a for a in named if "SteerableEndpoint" in a["name"]]
+    assert replicas
+    for actor in replicas:
+        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=False)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            reply = requests.get(url + "/users/frank", timeout=30)
+            if reply.status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    assert reply.status_code == 200 and reply.json()["choices"] == 2
+
+
+@pytest.mark.parametrize(
+    "path,body,status",
+    [
+        ("/generate", "{not json", 422),
+        ("/generate", {"prompt": 3, "choices": CHOICES}, 422),
+        ("/generate", {"prompt": "Hi", "choices": "many"}, 422),
+        ("/generate", {"prompt": "Hi", "user_id": "nobody"}, 404),
+        ("/generate", {"prompt": "Hi", "choices": []}, 422),
+        ("/generate", {"prompt": "Hi"}, 422),
+        ("/generate", {"prompt": "Hi", "user_id": "x", "choices": CHOICES}, 422),
+        ("/generate", {"prompt": "", "choices": CHOICES}, 422),
+        ("/generate", {"prompt": "Hi", "choices": CHOICES * 3}, 413),
+        ("/generate", {"prompt": "word " * 200, "choices": CHOICES}, 413),
+        ("/generate", {"prompt": "Hi", "choices": CHOICES, "max_new_tokens": 10_000}, 422),
+        ("/generate", {"prompt": "Hi", "choices": CHOICES, "temperature": 2}, 422),
+        ("/generate", {"prompt": "Hi", "context_embeddings": SHORT}, 422),
+        ("/generate", {"prompt": "Hi", "context_embeddings": RAGGED}, 422),
+        ("/score", {"prompt": "Hi", "responses": [], "choices": CHOICES}, 422),
+        ("/users/gina/choices", {"choices": []}, 422),
+        ("/users/gina/choices", {}, 422),
+    ],
+)
+def test_malformed_requests_get_a_4xx_and_the_replica_keeps_serving(endpoint, path, body, status):
+    url, _ = endpoint
+    if isinstance(body, str):
+        headers = {"content-type": "application/json"}
+        reply = requests.post(url + path, data=body, headers=headers, timeout=60)
+    else:
+        reply = post(url, path, body)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["detail"]  # a message saying what is wrong
+    assert requests.get(url + "/health", timeout=30).status_code == 200
