@@ -341,6 +341,9 @@ def cost_worker_trl(job: PolicyJobConfig, triples, steps: int) -> dict:
                 beta=p.beta,
                 max_length=p.max_prompt_tokens + p.max_response_tokens,
                 max_grad_norm=job.train.grad_clip,
+                # Our loss: DPO + sft_weight · the chosen response's per-token NLL.
+                loss_type=["sigmoid", "sft"] if p.sft_weight else ["sigmoid"],
+                loss_weights=[1.0, p.sft_weight] if p.sft_weight else None,
                 # TRL turns activation checkpointing on by default; our step keeps activations,
                 # so like for like is off (the 2026-11-28 run had TRL's default: on).
                 gradient_checkpointing=False,

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from npalign.models.context import ContextEncoder
-from npalign.models.policy import FiLM, SteerablePolicy, dpo_loss, sequence_logprobs
+from npalign.models.policy import (
+    FiLM,
+    PolicyOutput,
+    SteerablePolicy,
+    dpo_loss,
+    preference_metrics,
+    sequence_logprobs,
+)
 
 LATENT = 8
 
@@ -129,6 +136,21 @@ def test_dpo_loss_by_hand():
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-expected_margin)))
 
 
+def test_sft_term_adds_the_chosen_per_token_nll():
+    # One episode, one target: chosen log-prob −10 over 4 tokens, rejected −12 over 6.
+    output = PolicyOutput(
+        logprobs=torch.tensor([[[-10.0, -12.0]]]),
+        reference=torch.tensor([[[-11.0, -11.5]]]),
+        lengths=torch.tensor([[[4, 6]]]),
+    )
+    dpo = math.log(1 + math.exp(-0.075))
+    loss, metrics = preference_metrics(output, beta=0.05, sft_weight=0.5)
+    assert loss.item() == pytest.approx(dpo + 0.5 * 10 / 4)
+    assert metrics["nll"].item() == pytest.approx(dpo)  # validation compares the DPO part only
+    assert metrics["sft_nll"].item() == pytest.approx(2.5)
+    assert preference_metrics(output, beta=0.05)[0].item() == pytest.approx(dpo)
+
+
 def test_left_padding_and_kept_logits_change_nothing(policy_and_base):
     policy, _, ids, _ = policy_and_base
     perturb(policy)
@@ -220,3 +242,38 @@ def test_generate_rejects_bad_input_clearly(smol_checkpoint):
         generate(smol_checkpoint, ["Hi?", "  "], None)
     with pytest.raises(ValueError, match="exceed the model's limit"):
         generate(smol_checkpoint, ["word " * 9000], None, max_new_tokens=8)
+
+
+def test_cached_reference_logprobs_change_no_score(policy_and_base):
+    from npalign.data.episodes import sample_episodes
+    from npalign.data.preferences import PairTable
+    from npalign.data.sequences import TokenizedPairs
+    from npalign.policy_experiment import implicit_reward_accuracy
+
+    policy, *_ = policy_and_base
+    perturb(policy)
+    rng = np.random.default_rng(0)
+    rows = 12
+    pairs = PairTable(
+        pair_id=np.array([f"p{i}" for i in range(rows)]),
+        prompt_id=np.array([f"q{i}" for i in range(rows)]),
+        features_a=rng.normal(size=(rows, 16)).astype(np.float32),
+        features_b=rng.normal(size=(rows, 16)).astype(np.float32),
+        user=np.array(["u0", "u1"] * (rows // 2)),
+        user_type=np.array(["a", "b"] * (rows // 2)),
+        choice=rng.integers(0, 2, rows).astype(np.int8),
+    )
+    tokens = TokenizedPairs(
+        *(
+            [rng.integers(3, 64, rng.integers(2, 6)).astype(np.int32) for _ in range(rows)]
+            for _ in range(3)
+        ),
+        pad_id=0,
+    )
+    episodes = sample_episodes(pairs, 10, 0, 3, 2, seed=0)
+    references: dict[int, torch.Tensor] = {}
+    args = (policy, True, 0.05, pairs, tokens, episodes)
+    fresh = implicit_reward_accuracy(*args, references, batch_size=3)
+    assert references  # filled on the first pass
+    cached = implicit_reward_accuracy(*args, references, batch_size=3)
+    np.testing.assert_array_equal(fresh, cached)

@@ -221,6 +221,12 @@ class PolicyConfig(Strict):
     # At identity initialisation FiLM's and the encoder's gradients start tiny: a higher rate.
     latent_lr: float = Field(1e-3, gt=0, description="learning rate of the encoder and FiLM")
     beta: float = Field(0.05, gt=0, description="DPO β")
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the chosen response's per-token NLL added to the DPO loss "
+        "(TRL's sft loss type): keeps conditioned generations fluent",
+    )
     max_prompt_tokens: int = Field(256, gt=0, description="longer prompts keep their last tokens")
     max_response_tokens: int = Field(160, gt=0, description="longer responses are cut")
 

@@ -98,17 +98,24 @@ def implicit_reward_accuracy(
     pairs: PairTable,
     tokens: TokenizedPairs,
     episodes: pa.Table,
+    references: dict[int, torch.Tensor],
     batch_size: int = 8,
 ) -> np.ndarray:
     """Percent of target pairs whose DPO implicit reward ranks the chosen response higher, per
-    episode. (episodes,)"""
+    episode. (episodes,) `references` caches π_ref's (chosen, rejected) log-probs by pair row:
+    they do not depend on the context, and every context size scores the same test pairs."""
     rows = episode_arrays(episodes, ("context", "target"))
     out = []
     for start in range(0, len(rows["target"]), batch_size):
-        batch = collate_policy(
-            {k: v[start : start + batch_size] for k, v in rows.items()}, pairs, tokens
-        )
-        _, metrics = preference_metrics(policy(batch, use_latent), beta)
+        part = {k: v[start : start + batch_size] for k, v in rows.items()}
+        targets = part["target"].reshape(-1).tolist()
+        known = None
+        if all(t in references for t in targets):
+            known = torch.cat([references[t] for t in targets])  # (sequences,)
+        output = policy(collate_policy(part, pairs, tokens), use_latent, known)
+        for t, reference in zip(targets, output.reference.reshape(-1, 2), strict=True):
+            references[t] = reference
+        _, metrics = preference_metrics(output, beta)
         out.append(metrics["accuracy"].numpy() * 100)
     return np.concatenate(out)
 
@@ -116,9 +123,16 @@ def implicit_reward_accuracy(
 def evaluate_policy(job: PolicyJobConfig, checkpoint: Path, data: PolicyData) -> dict:
     loaded = load_policy(checkpoint)
     pairs, tokens = data["test"]
+    references: dict[int, torch.Tensor] = {}
     return evaluate_by_context(
         lambda episodes: implicit_reward_accuracy(
-            loaded.policy, loaded.use_latent, job.policy.beta, pairs, tokens, episodes
+            loaded.policy,
+            loaded.use_latent,
+            job.policy.beta,
+            pairs,
+            tokens,
+            episodes,
+            references,
         ),
         pairs,
         job.eval,

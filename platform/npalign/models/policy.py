@@ -4,7 +4,10 @@ conditioned per batch row on a user's latent z from the context encoder.
     h_l ← γ_l(z) ⊙ h_l + β_l(z)     after block l, with γ_l = 1, β_l = 0 at initialisation
 
 The reference policy π_ref of DPO is the same network with LoRA and FiLM switched off (no copy of
-the weights). The DPO loss compares sequence log-probs summed over the response tokens only.
+the weights). The DPO loss compares sequence log-probs summed over the response tokens only; an
+optional term `sft_weight · NLL(chosen)` per token (TRL's `sft` loss type) keeps the conditioned
+policy writing text: pure DPO can raise the margin by making *both* responses unlikely, which for
+a user who wants short answers ends in word salad.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class LoraSettings:
 class PolicyOutput:
     logprobs: torch.Tensor  # (episodes, targets, 2) log π(y | x, z), chosen then rejected
     reference: torch.Tensor  # (episodes, targets, 2) log π_ref(y | x)
+    lengths: torch.Tensor  # (episodes, targets, 2) response tokens
 
 
 class SteerablePolicy(nn.Module):
@@ -157,8 +161,15 @@ class SteerablePolicy(nn.Module):
                 logits_to_keep=keep,
             ).logits
 
-    def forward(self, batch: PolicyBatch, use_latent: bool = True) -> PolicyOutput:
-        """Sequence log-probs of every target response under π(·|x, z) and under π_ref."""
+    def forward(
+        self,
+        batch: PolicyBatch,
+        use_latent: bool = True,
+        reference: torch.Tensor | None = None,
+    ) -> PolicyOutput:
+        """Sequence log-probs of every target response under π(·|x, z) and under π_ref.
+        `reference` (sequences,), when already known (evaluation scores the same target pairs
+        at every context size), skips π_ref's forward pass."""
         context = batch.context
         z = None
         if use_latent:
@@ -171,11 +182,16 @@ class SteerablePolicy(nn.Module):
         ids, responses = batch.input_ids[:, -keep:], batch.response_mask[:, -keep:]
         args = (batch.input_ids, batch.attention_mask)
         policy = sequence_logprobs(self.logits(*args, z, keep), ids, responses)
-        with torch.no_grad(), self.reference():
-            reference = sequence_logprobs(self.logits(*args, None, keep), ids, responses)
+        if reference is None:
+            with torch.no_grad(), self.reference():
+                reference = sequence_logprobs(self.logits(*args, None, keep), ids, responses)
         episodes = context.context_mask.shape[0]
         # (episodes, targets, 2): chosen then rejected
-        return PolicyOutput(policy.view(episodes, -1, 2), reference.view(episodes, -1, 2))
+        return PolicyOutput(
+            policy.view(episodes, -1, 2),
+            reference.view(episodes, -1, 2),
+            batch.response_mask.sum(-1).view(episodes, -1, 2),
+        )
 
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor | None, **kw
@@ -193,10 +209,12 @@ def sequence_logprobs(
 ) -> torch.Tensor:
     """Σ log π(token | prefix) over the response tokens only. logits (batch, tokens, vocab),
     input_ids and response_mask (batch, tokens), mask 1 on response tokens → (batch,)."""
-    # Token t is predicted by the logits at t − 1.
-    logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (batch, tokens − 1, vocab)
+    # Token t is predicted by the logits at t − 1. logit − logsumexp instead of a full
+    # log_softmax: no second (batch, tokens, vocab) tensor kept for backward.
+    logits = logits[:, :-1].float()
     targets = input_ids[:, 1:]
-    token_logprobs = logprobs.gather(-1, targets[..., None]).squeeze(-1)  # (batch, tokens − 1)
+    picked = logits.gather(-1, targets[..., None]).squeeze(-1)  # (batch, tokens − 1)
+    token_logprobs = picked - torch.logsumexp(logits, dim=-1)
     return (token_logprobs * response_mask[:, 1:].to(token_logprobs.dtype)).sum(-1)
 
 
@@ -213,9 +231,12 @@ def dpo_loss(
     return -F.logsigmoid(margin), margin
 
 
-def preference_metrics(output: PolicyOutput, beta: float) -> tuple[torch.Tensor, dict]:
-    """Mean DPO loss and per-episode metrics: nll (the DPO loss) and the implicit-reward
-    accuracy (share of target pairs whose margin is positive)."""
+def preference_metrics(
+    output: PolicyOutput, beta: float, sft_weight: float = 0.0
+) -> tuple[torch.Tensor, dict]:
+    """Mean training loss (DPO + sft_weight · per-token NLL of the chosen response) and
+    per-episode metrics: nll (the DPO loss alone, comparable across settings), sft_nll and the
+    implicit-reward accuracy (share of target pairs whose margin is positive)."""
     loss, margin = dpo_loss(
         output.logprobs[..., 0],
         output.logprobs[..., 1],
@@ -223,7 +244,13 @@ def preference_metrics(output: PolicyOutput, beta: float) -> tuple[torch.Tensor,
         output.reference[..., 1],
         beta,
     )  # (episodes, targets) each
-    return loss.mean(), {"nll": loss.mean(1), "accuracy": (margin > 0).float().mean(1)}
+    sft = -output.logprobs[..., 0] / output.lengths[..., 0].clamp(min=1)
+    metrics = {
+        "nll": loss.mean(1),
+        "sft_nll": sft.mean(1),
+        "accuracy": (margin > 0).float().mean(1),
+    }
+    return (loss + sft_weight * sft).mean(), metrics
 
 
 # --- building, saving and loading -----------------------------------------------------------

@@ -55,7 +55,8 @@ class PolicyTask:
         return collate_policy(episode_arrays(rows, ("context", "target")), pairs, tokens)
 
     def loss(self, model: nn.Module, batch: PolicyBatch, step: int):
-        return preference_metrics(model(batch, self.use_latent), self.job.policy.beta)
+        p = self.job.policy
+        return preference_metrics(model(batch, self.use_latent), p.beta, p.sft_weight)
 
     def save(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
         save_policy(
