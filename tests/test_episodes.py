@@ -41,3 +41,17 @@ def test_collate_pads_and_orders_chosen_first():
     torch.testing.assert_close(batch.context_chosen[0, 1], torch.from_numpy(pairs.features_b[1]))
     torch.testing.assert_close(batch.context_rejected[0, 1], torch.from_numpy(pairs.features_a[1]))
     assert batch.target_choice[0].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_accuracy_table_shows_a_type_missing_at_some_context_size():
+    from npalign.evaluate import format_table
+
+    one = {"mean": 75.0, "sem": 5.0, "episodes": 4}
+    results = {
+        "npdpo": {
+            "average": {0: one, 3: one},
+            "by_type": {"a": {0: one, 3: one}, "b": {0: one}},  # no "b" user drawn at m=3
+        }
+    }
+    rows = format_table(results, [0, 3]).splitlines()
+    assert rows[-1].split()[-1] == "-" and "75.00 ± 5.00" in rows[-2]

@@ -1,6 +1,8 @@
 """The steerable endpoint through a real local Ray Serve instance (one for this module), with a
 one-block SmolLM2 policy and an untrained NP-BTL: these tests check the service, not quality."""
 
+import json
+import math
 import time
 from pathlib import Path
 
@@ -16,6 +18,14 @@ CHOICES = [
 
 SHORT = {"chosen": [[1.0]], "rejected": [[0.0]]}  # 1 feature, the model expects 384
 RAGGED = {"chosen": [[1.0], [1.0, 2.0]], "rejected": [[0.0]]}
+# NaN is not JSON (requests refuses to send it): the raw text json.dumps writes for it. The
+# right width (384), so only the NaN is wrong.
+NAN = json.dumps(
+    {
+        "prompt": "Hi",
+        "context_embeddings": {"chosen": [[math.nan] * 384], "rejected": [[0.0] * 384]},
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +98,17 @@ def test_add_choices_then_generate_by_user_id_and_delete(endpoint):
     assert b"erin" not in files
 
 
+def test_the_demo_asks_for_two_users_in_one_go(endpoint):
+    from npalign.demo import ask_endpoint
+
+    url, _ = endpoint
+    users = {"concise-demo": CHOICES, "detailed-demo": CHOICES[::-1]}
+    answers = ask_endpoint(url, "What happened today?", users, new_tokens=4)
+    assert set(answers) == set(users) and all(isinstance(a, str) for a in answers.values())
+    for user in users:  # stored by the demo, as a served user would be
+        assert requests.get(f"{url}/users/{user}", timeout=30).json()["choices"] == 2
+
+
 def test_a_replica_restart_keeps_the_user(endpoint):
     import ray
 
@@ -127,6 +148,7 @@ def test_a_replica_restart_keeps_the_user(endpoint):
         ("/generate", {"prompt": "Hi", "choices": CHOICES, "temperature": 2}, 422),
         ("/generate", {"prompt": "Hi", "context_embeddings": SHORT}, 422),
         ("/generate", {"prompt": "Hi", "context_embeddings": RAGGED}, 422),
+        ("/generate", NAN, 422),
         ("/score", {"prompt": "Hi", "responses": [], "choices": CHOICES}, 422),
         ("/users/gina/choices", {"choices": []}, 422),
         ("/users/gina/choices", {}, 422),

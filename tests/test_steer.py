@@ -67,3 +67,18 @@ def test_build_is_cached_and_split_by_prompt():
     tables = read_text_splits(folder)  # raises if a prompt were in two splits
     assert sum(t.num_rows for t in tables.values()) > 0
     assert build_steer(SteerConfig(stories=40, pairs_per_prompt=5)) != folder
+
+
+def test_demo_users_hold_their_own_types_choices_on_other_prompts():
+    from npalign.config import PolicyJobConfig
+    from npalign.data.steer import SCORERS
+    from npalign.demo import steer_users
+
+    prompt, users = steer_users(PolicyJobConfig(), context_pairs=4, seed=0)
+    assert set(users) == {"concise", "detailed"}
+    for user_type, choices in users.items():
+        assert len(choices) == 4 and all(c["prompt"] != prompt for c in choices)
+        shorter = [
+            SCORERS["length"](c["chosen"]) < SCORERS["length"](c["rejected"]) for c in choices
+        ]
+        assert all(shorter) if user_type == "concise" else not any(shorter)

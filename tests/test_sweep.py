@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from npalign.config import ConfigError, SweepConfig, load_config, load_tree
 from npalign.sweep import check_space
@@ -49,50 +48,45 @@ def test_space_errors_name_the_key(tmp_path):
         sweep_config(tmp_path, "space={train.lr: {grid: [0.1], uniform: [0.1, 0.2]}}")
 
 
+def test_a_policy_sweep_checks_its_space_against_the_policy_job(tmp_path):
+    from npalign.config import PolicyJobConfig
+    from npalign.sweep import trial_config
+
+    def policy_sweep(*extra: str) -> tuple[dict, SweepConfig]:
+        sweep = load_config(
+            ROOT / "configs/sweep_policy.yaml", [f"output_dir={tmp_path}", *extra], SweepConfig
+        )
+        return load_tree(sweep.base, sweep.overrides), sweep
+
+    base = check_space(*policy_sweep())
+    assert isinstance(base, PolicyJobConfig) and base.models == ["npdpo"]
+    assert base.policy.num_layers == 4  # the sweep's overrides of the base
+    point = trial_config(*policy_sweep(), {"policy.beta": 0.1})
+    assert point.policy.beta == 0.1
+    with pytest.raises(ConfigError, match="policy.bta"):
+        check_space(*policy_sweep("space={policy.bta: {grid: [0.1]}}"))
+    with pytest.raises(ConfigError, match="policy.beta"):
+        check_space(*policy_sweep("space={policy.beta: {grid: [-1.0]}}"))
+
+
 def read_trials(folder: Path) -> list[dict]:
     with open(folder / "trials.csv") as f:
         return list(csv.DictReader(f))
 
 
 @pytest.mark.ray
-def test_sweep_finds_a_config_at_least_as_good_as_the_default(ray_cluster, tmp_path):
+def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_default(
+    ray_cluster, tmp_path
+):
+    """One 4-trial sweep (2 at a time) covers both: driven by tune/sweep_reward.py in its own
+    process, Ctrl-C'd after its first finished trial, resumed here, then its chosen config is
+    compared with the default one on the test split."""
     from npalign.evaluate import evaluate_reward_model
     from npalign.experiment import load_pairs, sample_train_val, write_episodes
     from npalign.models.reward import load_reward_model
-    from npalign.sweep import run_sweep, trial_config
+    from npalign.sweep import resume_sweep, trial_config
     from npalign.train.reward import fit_reward_model
 
-    sweep = sweep_config(tmp_path)
-    run = run_sweep(sweep)
-
-    rows = read_trials(run.folder)
-    assert len(rows) == 4 and {r["status"] for r in rows} <= {"finished", "stopped early"}
-    assert run.best is not None and run.best["status"] == "finished"
-    assert (run.folder / "accuracy_vs_context.png").stat().st_size > 0
-    best_config = load_config(run.folder / "best.yaml")  # a valid reward-job config
-    assert best_config.models == ["npbtl"]
-
-    # The default configuration, trained the same way, against the chosen one on the test split.
-    default = trial_config(*base_and_sweep(tmp_path), {})
-    pairs = load_pairs(default)
-    files = write_episodes(sample_train_val(default.data, pairs), tmp_path / "default-episodes")
-    fit = fit_reward_model(default, "npbtl", pairs, files, tmp_path / "default", "npbtl")
-    settings = sweep.eval.model_copy(update={"context_sizes": [5], "num_episodes": 1000})
-
-    def accuracy_at_5(checkpoint) -> float:
-        model = load_reward_model(Path(checkpoint))
-        scores = evaluate_reward_model(model, pairs["test"], settings, default.data.num_targets)
-        return scores["average"][5]["mean"]
-
-    chosen, baseline = accuracy_at_5(run.best["checkpoint"]), accuracy_at_5(fit.checkpoint.path)
-    assert chosen >= baseline, (run.best, chosen, baseline)
-
-
-@pytest.mark.ray
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
-    from npalign.sweep import resume_sweep
-
-    # Two trials one after the other, in a separate driver attached to the session's cluster.
     command = [
         sys.executable,
         str(ROOT / "tune/sweep_reward.py"),
@@ -100,8 +94,6 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
         str(ROOT / "configs/sweep_synthetic.yaml"),
         *BASE,
         f"output_dir={tmp_path}",
-        "space={data.max_context: {grid: [1, 10]}}",
-        "max_concurrent_trials=1",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -120,17 +112,35 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
     sweep.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
     sweep.wait(timeout=120)
     folder = finished[0].parents[2]
-    evaluations = list(folder.glob("trials/*/evaluation.json"))
-    assert len(evaluations) == 1
-    first, done_before = evaluations[0].parent.name, evaluations[0].stat().st_mtime
+    done = {e.parent.name: e.stat().st_mtime for e in folder.glob("trials/*/evaluation.json")}
+    assert done and len(done) < 4
 
     run = resume_sweep(folder)
     rows = read_trials(folder)
-    # The second trial ran to its end or was stopped by ASHA; nothing errored or was left over.
-    assert len(rows) == 2 and {r["status"] for r in rows} <= {"finished", "stopped early"}, rows
-    assert {r["trial"]: r["status"] for r in rows}[first] == "finished"
+    # Every trial ran to its end or was stopped by ASHA; nothing errored or was left over.
+    assert len(rows) == 4 and {r["status"] for r in rows} <= {"finished", "stopped early"}, rows
+    status = {r["trial"]: r["status"] for r in rows}
     starts = [line.split()[1] for line in (folder / "trial_starts.log").read_text().splitlines()]
-    assert starts.count(first) == 1, starts  # the finished trial did not run again
-    assert evaluations[0].stat().st_mtime == done_before
-    assert run.best is not None
-    assert yaml.safe_load((folder / "best.yaml").read_text())["models"] == ["npbtl"]
+    for trial, mtime in done.items():  # finished before Ctrl-C: kept, not run again
+        assert status[trial] == "finished" and starts.count(trial) == 1, starts
+        assert (folder / "trials" / trial / "evaluation.json").stat().st_mtime == mtime
+    assert run.best is not None and run.best["status"] == "finished"
+    assert (folder / "accuracy_vs_context.png").stat().st_size > 0
+    best_config = load_config(folder / "best.yaml")  # a valid reward-job config
+    assert best_config.models == ["npbtl"]
+
+    # The default configuration, trained the same way, against the chosen one on the test split.
+    default = trial_config(*base_and_sweep(tmp_path), {})
+    pairs = load_pairs(default)
+    files = write_episodes(sample_train_val(default.data, pairs), tmp_path / "default-episodes")
+    fit = fit_reward_model(default, "npbtl", pairs, files, tmp_path / "default", "npbtl")
+    sweep_settings = load_config(folder / "sweep.yaml", schema=SweepConfig).eval
+    settings = sweep_settings.model_copy(update={"context_sizes": [5], "num_episodes": 1000})
+
+    def accuracy_at_5(checkpoint) -> float:
+        model = load_reward_model(Path(checkpoint))
+        scores = evaluate_reward_model(model, pairs["test"], settings, default.data.num_targets)
+        return scores["average"][5]["mean"]
+
+    chosen, baseline = accuracy_at_5(run.best["checkpoint"]), accuracy_at_5(fit.checkpoint.path)
+    assert chosen >= baseline, (run.best, chosen, baseline)

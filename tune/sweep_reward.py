@@ -26,42 +26,14 @@ finished trials.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-from npalign.config import ConfigError, SweepConfig, load_config
-from npalign.data.preferences import PreferenceDataError
-from npalign.sweep import resume_sweep, run_sweep
+from npalign.cli import run_sweep_job
+from npalign.config import REWARD_MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    start = parser.add_mutually_exclusive_group(required=True)
-    start.add_argument("--config", help="sweep YAML (see configs/sweep_synthetic.yaml)")
-    start.add_argument("--resume", type=Path, help="sweep folder of an interrupted sweep")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep config")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        if args.resume:
-            run = resume_sweep(args.resume)
-        else:
-            run = run_sweep(load_config(args.config, args.overrides, SweepConfig))
-    except (ConfigError, PreferenceDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(run.table)
-    if run.best:
-        print(f"best trial: {run.best['trial']} → {run.folder / 'best.yaml'}")
-    print(f"sweep folder: {run.folder}")
-    if not run.best:
-        print("error: no trial finished (see the error files Tune listed above)", file=sys.stderr)
-        return 1
-    return 0
+    return run_sweep_job(__doc__, argv, REWARD_MODELS)
 
 
 if __name__ == "__main__":

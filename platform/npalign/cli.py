@@ -1,5 +1,5 @@
-"""The command line shared by the training jobs: `--config FILE key=value ...`, one clear error
-and exit code 2 for bad input, the results table and the run folder printed at the end."""
+"""The command line shared by the jobs: `--config FILE key=value ...`, one clear error and exit
+code 2 for bad input, the results table and the run folder printed at the end."""
 
 from __future__ import annotations
 
@@ -7,27 +7,81 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from npalign.config import ConfigError, load_config
 from npalign.data.preferences import PreferenceDataError
+
+T = TypeVar("T")
+
+
+def job_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser whose --help shows the entrypoint's docstring as written."""
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def run_checked(run: Callable[[], T]) -> T | None:
+    """`run()` with logging on; bad input (a config or data error, whose message names the file
+    and field) is printed as one line on stderr and gives None instead of a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return run()
+    except (ConfigError, PreferenceDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 def run_job(doc: str, argv: list[str] | None, schema: type, run: Callable[[Any], Any]) -> int:
     """Parse, validate into `schema`, call `run(config)` (which returns an object with `.table`
     and `.folder`) and report."""
-    parser = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = job_parser(doc)
     parser.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        result = run(load_config(args.config, args.overrides, schema))
-    except (ConfigError, PreferenceDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    result = run_checked(lambda: run(load_config(args.config, args.overrides, schema)))
+    if result is None:
         return 2
     print(result.table)
     print(f"run folder: {result.folder}")
+    return 0
+
+
+def run_sweep_job(doc: str, argv: list[str] | None, models: tuple[str, ...]) -> int:
+    """The sweep entrypoints: `--config SWEEP.yaml [key=value ...]` or `--resume FOLDER`; the
+    sweep's `model` must be one of `models` (the reward or the policy family)."""
+    from pathlib import Path
+
+    from npalign.config import SweepConfig
+    from npalign.sweep import resume_sweep, run_sweep
+
+    parser = job_parser(doc)
+    start = parser.add_mutually_exclusive_group(required=True)
+    start.add_argument("--config", help="sweep YAML (see configs/sweep_*.yaml)")
+    start.add_argument("--resume", type=Path, help="sweep folder of an interrupted sweep")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep config")
+    args = parser.parse_args(argv)
+
+    def run():
+        if args.resume:
+            return resume_sweep(args.resume)
+        sweep = load_config(args.config, args.overrides, SweepConfig)
+        if sweep.model not in models:
+            raise ConfigError(
+                f"{args.config}: model {sweep.model!r} is not swept here (this entrypoint sweeps "
+                f"{', '.join(models)})"
+            )
+        return run_sweep(sweep)
+
+    run = run_checked(run)
+    if run is None:
+        return 2
+    print(run.table)
+    if run.best:
+        print(f"best trial: {run.best['trial']} → {run.folder / 'best.yaml'}")
+    print(f"sweep folder: {run.folder}")
+    if not run.best:
+        print("error: no trial finished (see the error files Tune listed above)", file=sys.stderr)
+        return 1
     return 0

@@ -272,15 +272,20 @@ class SearchDim(Strict):
 DATA_FIELDS = ("data.source", "data.path", "data.synthetic", "data.steer", "data.embed")
 
 
+REWARD_MODELS = ("btl", "dpl", "npbtl")
+
+
 class SweepConfig(Strict):
-    """A Ray Tune sweep of the reward job: each trial is `jobs/train_reward.py` with the base
-    config plus one point of the search space."""
+    """A Ray Tune sweep: each trial is `jobs/train_reward.py` (model btl, dpl or npbtl) or
+    `jobs/train_policy.py` (npdpo or dpo) with the base config plus one point of the space."""
 
     name: str = "sweep"
     output_dir: str = "runs"
     base: str = Field(..., description="the job config every trial starts from")
     overrides: list[str] = Field([], description="key=value applied to `base` before the space")
-    model: Literal["btl", "dpl", "npbtl"] = "npbtl"
+    model: Literal["btl", "dpl", "npbtl", "npdpo", "dpo"] = Field(
+        "npbtl", description="the one model each trial trains (the base config's `models`)"
+    )
     space: dict[str, SearchDim] = Field(..., min_length=1, description="dotted job key → dim")
     num_samples: int = Field(1, gt=0, description="draws of the space (each covers the grid)")
     metric: Literal["val_nll", "val_accuracy"] = Field(

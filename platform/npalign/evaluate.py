@@ -6,6 +6,8 @@ type means, so an unbalanced draw of users does not tilt the average).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from npalign.data.episodes import collate, episode_arrays, sample_episodes
 from npalign.data.preferences import PairTable
 from npalign.files import atomic_path
 from npalign.models.reward import preference_loss
+
+log = logging.getLogger(__name__)
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -91,7 +95,15 @@ def evaluate_by_context(
             settings.seed,
         )
         if accuracy is None or not context_blind:
+            started = time.perf_counter()
             accuracy = score(episodes)
+            log.info(
+                "scored %d test episodes with %d context pairs: %.1f %% (%.0f s)",
+                len(accuracy),
+                m,
+                accuracy.mean(),
+                time.perf_counter() - started,
+            )
         types = np.asarray(episodes.column("user_type").to_pylist())
         per_type = []
         for user_type in sorted(set(types)):
@@ -119,16 +131,20 @@ def format_table(
     such as the Bayes limit."""
     head = f"{'model':<22}" + "".join(f"{f'm={m}':>15}" for m in context_sizes)
     lines = [head, "-" * len(head)]
-    for name, result in results.items():
+
+    def row(label: str, by_m: dict) -> str:
+        # A type can be missing at some m when the test episodes are few (users are drawn).
         cells = [
-            f"{s['mean']:6.2f} ± {s['sem']:4.2f}"
-            for s in (result["average"][m] for m in context_sizes)
+            f"{by_m[m]['mean']:6.2f} ± {by_m[m]['sem']:4.2f}" if m in by_m else "-"
+            for m in context_sizes
         ]
-        lines.append(f"{name:<22}" + "".join(f"{c:>15}" for c in cells))
+        return f"{label:<22}" + "".join(f"{c:>15}" for c in cells)
+
+    for name, result in results.items():
+        lines.append(row(name, result["average"]))
     for name, result in results.items():
         for user_type, by_m in result["by_type"].items():
-            cells = [f"{by_m[m]['mean']:6.2f} ± {by_m[m]['sem']:4.2f}" for m in context_sizes]
-            lines.append(f"{f'{name} [{user_type}]':<22}" + "".join(f"{c:>15}" for c in cells))
+            lines.append(row(f"{name} [{user_type}]", by_m))
     for name, values in (reference or {}).items():
         lines.append(f"{name:<22}" + "".join(f"{v:>15.2f}" for v in values))
     return "\n".join(lines)

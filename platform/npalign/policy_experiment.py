@@ -17,7 +17,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from npalign.config import PolicyJobConfig
+from npalign.config import (
+    EvalConfig,
+    ModelConfig,
+    PolicyJobConfig,
+    RewardJobConfig,
+    RunSettings,
+)
 from npalign.data.episodes import episode_arrays
 from npalign.data.preferences import PairTable, PreferenceDataError
 from npalign.data.sequences import TokenizedPairs, collate_policy, tokenize_pairs
@@ -74,6 +80,25 @@ def policy_data(job: PolicyJobConfig) -> PolicyData:
     return {split: (pairs[split], tokens[split]) for split in tables}
 
 
+def encoder_job(job: PolicyJobConfig) -> RewardJobConfig:
+    """The NP-BTL job on the policy's pairs whose context encoder can start z's encoder
+    (`policy.encoder_init`): same data and embeddings, the policy's encoder dimensions, many
+    cheap episodes of 20 targets (the reward model trains on embeddings, not tokens)."""
+    p = job.policy
+    return RewardJobConfig(
+        run=RunSettings(name=f"{job.run.name}-npbtl", output_dir=job.run.output_dir),
+        data=job.data.model_copy(
+            update={"num_targets": 20, "train_episodes": 16_000, "val_episodes": 500}
+        ),
+        models=["npbtl"],
+        model=ModelConfig(
+            hidden_dim=p.hidden_dim, latent_dim=p.latent_dim, aggregation=p.aggregation
+        ),
+        train=job.train.model_copy(update={"batch_size": 64, "epochs": 2, "lr": 1e-3}),
+        eval=EvalConfig(context_sizes=job.eval.context_sizes, num_episodes=500, seed=job.eval.seed),
+    )
+
+
 def select_type(data: PolicyData, user_type: str) -> PolicyData:
     out = {}
     for split, (pairs, tokens) in data.items():
@@ -120,9 +145,12 @@ def implicit_reward_accuracy(
     return np.concatenate(out)
 
 
-def evaluate_policy(job: PolicyJobConfig, checkpoint: Path, data: PolicyData) -> dict:
+def evaluate_policy(
+    job: PolicyJobConfig, checkpoint: Path, data: PolicyData, split: str = "test"
+) -> dict:
+    """Implicit-reward accuracy by context size (job.eval) on episodes of `split`."""
     loaded = load_policy(checkpoint)
-    pairs, tokens = data["test"]
+    pairs, tokens = data[split]
     references: dict[int, torch.Tensor] = {}
     return evaluate_by_context(
         lambda episodes: implicit_reward_accuracy(

@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
@@ -40,7 +43,8 @@ from npalign.generation import (
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN or infinite embeddings would flow through z into every logit: reject them here.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ChoiceIn(Request):
@@ -128,6 +132,14 @@ app = FastAPI(
     title="npalign steerable endpoint",
     description="Generation and scoring adapted to a user from a few of their choices.",
 )
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_request(request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422, without echoing the bad input back: a NaN in it cannot be written as
+    JSON, which turned a malformed request into a 500."""
+    errors = [{k: v for k, v in e.items() if k != "input"} for e in error.errors()]
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
 
 @serve.deployment(

@@ -1,15 +1,16 @@
-"""Ray Tune sweeps of the reward job: context sizes, latent and hidden dims, learning rate,
-aggregation, ZeRO stage or any other job field, with ASHA early stopping.
+"""Ray Tune sweeps of the reward job or the policy job: context sizes, latent and hidden dims,
+learning rate, aggregation, ZeRO stage, DPO β or any other job field, with ASHA early stopping.
 
 Each trial is a function trainable that runs the very Ray Train fit of `jobs/train_reward.py`
-(the Train V2 pattern: Tune drives a TorchTrainer, `TuneReportCallback` forwards its epoch
-reports). All trials share one dataset and one set of validation episodes (context sizes
-spanning the sweep's evaluation sizes), so their validation losses compare like with like. A
-trial that finishes scores its model on the validation split at each context size.
-A sweep folder holds:
+(sweep `model` btl, dpl or npbtl) or `jobs/train_policy.py` (npdpo or dpo) — the Train V2
+pattern: Tune drives a TorchTrainer, `TuneReportCallback` forwards its epoch reports. All
+trials share one dataset and one set of validation episodes (context sizes spanning the sweep's
+evaluation sizes), so their validation losses compare like with like. A trial that finishes
+scores its model on the validation split at each context size (a policy: its implicit-reward
+accuracy). A sweep folder holds:
 
     trials.csv           every trial: its point of the space, status, last metrics
-    best.yaml            the best trial's full job config, ready for jobs/train_reward.py
+    best.yaml            the best trial's full job config, ready for its job
     accuracy_vs_context.png   validation accuracy vs m for the best few trials
     sweep.yaml, base.yaml     the sweep and the base job config it started from
     tune/                Tune's experiment state (`resume_sweep` continues from it)
@@ -30,6 +31,8 @@ from typing import Any
 import yaml
 
 from npalign.config import (
+    REWARD_MODELS,
+    PolicyJobConfig,
     RewardJobConfig,
     SweepConfig,
     load_tree,
@@ -54,7 +57,10 @@ class SweepRun:
     table: str
 
 
-def trial_config(base: dict, sweep: SweepConfig, point: dict[str, Any]) -> RewardJobConfig:
+JobConfig = RewardJobConfig | PolicyJobConfig
+
+
+def trial_config(base: dict, sweep: SweepConfig, point: dict[str, Any]) -> JobConfig:
     """The base job config (as loaded: a YAML tree) with one point of the space set (point:
     dotted key → value)."""
     tree = copy.deepcopy(base)
@@ -62,10 +68,52 @@ def trial_config(base: dict, sweep: SweepConfig, point: dict[str, Any]) -> Rewar
     for key, value in point.items():
         set_dotted(tree, key, value)
     where = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "no overrides"
-    return validate_config(tree, RewardJobConfig, f"{sweep.base} with {where}")
+    schema = RewardJobConfig if sweep.model in REWARD_MODELS else PolicyJobConfig
+    return validate_config(tree, schema, f"{sweep.base} with {where}")
 
 
-def check_space(base: dict, sweep: SweepConfig) -> RewardJobConfig:
+# --- what differs between a reward and a policy trial ------------------------------------------
+
+
+def load_data(config: JobConfig) -> tuple[dict[str, PairTable], dict[str, Any]]:
+    """(pairs by split, what the fit needs by split: the pairs, or a policy's pairs + tokens)."""
+    if isinstance(config, RewardJobConfig):
+        from npalign.experiment import load_pairs
+
+        pairs = load_pairs(config)
+        return pairs, pairs
+    from npalign.policy_experiment import policy_data
+
+    data = policy_data(config)
+    return {split: p for split, (p, _) in data.items()}, data
+
+
+def fit_and_score(
+    config: JobConfig, model: str, data: dict, files: dict, trial_dir: Path, evaluation
+) -> tuple[Any, dict]:
+    """The job's Ray Train fit reporting to Tune, then accuracy by context size on the
+    validation split: (Ray Train result, scores)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    callbacks = [TuneReportCallback()]
+    if isinstance(config, RewardJobConfig):
+        from npalign.evaluate import evaluate_reward_model
+        from npalign.models.reward import load_reward_model
+        from npalign.train.reward import fit_reward_model
+
+        result = fit_reward_model(config, model, data, files, trial_dir, "fit", callbacks)
+        trained = load_reward_model(Path(result.checkpoint.path))
+        scores = evaluate_reward_model(trained, data["val"], evaluation, config.data.num_targets)
+        return result, scores
+    from npalign.policy_experiment import evaluate_policy
+    from npalign.train.policy import fit_policy
+
+    result = fit_policy(config, model == "npdpo", data, files, trial_dir, "fit", callbacks)
+    scored = config.model_copy(update={"eval": evaluation})
+    return result, evaluate_policy(scored, Path(result.checkpoint.path), data, split="val")
+
+
+def check_space(base: dict, sweep: SweepConfig) -> JobConfig:
     """Every value (or range end) of every dimension must make a valid job config: a typo in a
     key or a wrong type fails here, before any trial runs. Returns the base config."""
     config = trial_config(base, sweep, {})
@@ -98,18 +146,15 @@ def run_trial(
     base: dict,
     sweep: SweepConfig,
     pairs: dict[str, PairTable],
+    data: dict[str, Any],
     val_episodes: str,
     folder: str,
 ) -> None:
-    """One trial: the reward job's Ray Train fit with this point, then validation accuracy by
-    context size (reported last, with the final epoch's metrics)."""
+    """One trial: the job's Ray Train fit with this point, then validation accuracy by context
+    size (reported last, with the final epoch's metrics)."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from npalign.evaluate import evaluate_reward_model
     from npalign.experiment import sample_train_val, write_episodes
-    from npalign.models.reward import load_reward_model
-    from npalign.train.reward import fit_reward_model
 
     config = trial_config(base, sweep, point)
     trial_id = ray.tune.get_context().get_trial_id()
@@ -121,11 +166,7 @@ def run_trial(
     files = write_episodes({"train": train}, trial_dir / "episodes")
     files["val"] = Path(val_episodes)
     # Same storage on a restart: the fit resumes from the trial's latest checkpoint.
-    result = fit_reward_model(
-        config, sweep.model, pairs, files, trial_dir, name="fit", callbacks=[TuneReportCallback()]
-    )
-    model = load_reward_model(Path(result.checkpoint.path))
-    scores = evaluate_reward_model(model, pairs["val"], sweep.eval, config.data.num_targets)
+    result, scores = fit_and_score(config, sweep.model, data, files, trial_dir, sweep.eval)
     write_json(trial_dir / "evaluation.json", scores)
     accuracy = {f"val_acc_m{m}": s["mean"] for m, s in scores["average"].items()}
     ray.tune.report(
@@ -139,23 +180,25 @@ def _trainable(base: dict, sweep: SweepConfig, folder: Path):
     dataset is rebuilt the same way on resume: it is deterministic)."""
     from ray import tune
 
-    from npalign.experiment import load_pairs, sample_train_val, write_episodes
+    from npalign.experiment import sample_train_val, write_episodes
 
     config = trial_config(base, sweep, {})
-    pairs = load_pairs(config)
+    pairs, data = load_data(config)
     folder = folder.resolve()  # trials run in their own working directories
     val_file = folder / "episodes" / "val.parquet"
     if not val_file.exists():
         # Context sizes of the sweep's evaluation, not of any trial's training: a trial that
         # trains on short contexts is not favoured by validating on short contexts.
         sizes = sweep.eval.context_sizes
-        data = config.data.model_copy(update={"min_context": min(sizes), "max_context": max(sizes)})
-        write_episodes({"val": sample_train_val(data, pairs)["val"]}, val_file.parent)
+        spanning = {"min_context": min(sizes), "max_context": max(sizes)}
+        val_data = config.data.model_copy(update=spanning)
+        write_episodes({"val": sample_train_val(val_data, pairs)["val"]}, val_file.parent)
     trainable = tune.with_parameters(
         run_trial,
         base=base,
         sweep=sweep,
         pairs=pairs,
+        data=data,
         val_episodes=str(val_file),
         folder=str(folder),
     )
@@ -222,7 +265,7 @@ def resume_sweep(folder: Path) -> SweepRun:
     return summarize(base, sweep, folder, tuner.fit())
 
 
-def max_epochs(sweep: SweepConfig, base: RewardJobConfig) -> int:
+def max_epochs(sweep: SweepConfig, base: JobConfig) -> int:
     dim = sweep.space.get("train.epochs")
     return max([base.train.epochs, *(dim.values() if dim else [])])
 

@@ -76,13 +76,15 @@ def fit_policy(
     episodes: dict[str, Path],
     storage: Path,
     name: str,
+    callbacks: list | None = None,
 ) -> ray.train.Result:
     """Train one policy (NP-DPO with the latent, plain DPO without); checkpoints in
-    storage/name, resumed from there when rerun."""
+    storage/name, resumed from there when rerun. `callbacks`: Ray Train callbacks (a Tune
+    sweep passes its report callback)."""
     task = PolicyTask(
         job=job,
         feature_dim=data["train"][0].feature_dim,
         use_latent=use_latent,
         data={split: ray.put(data[split]) for split in ("train", "val")},
     )
-    return fit_task(task, job.train, job.data.train_episodes, episodes, storage, name)
+    return fit_task(task, job.train, job.data.train_episodes, episodes, storage, name, callbacks)

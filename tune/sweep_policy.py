@@ -1,0 +1,39 @@
+"""Sweep the steerable policy (NP-DPO or pooled DPO) with Ray Tune: ASHA on validation DPO loss.
+
+  python tune/sweep_policy.py --config configs/sweep_policy.yaml [key=value ...]
+  python tune/sweep_policy.py --resume runs/sweep-policy-20261128-131500
+  ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+      python tune/sweep_policy.py --config configs/sweep_policy.yaml output_dir=/abs/runs
+
+The sweep config names a base policy job config (`base`, e.g. configs/steer_policy.yaml), the
+policy to tune (`model`: npdpo or dpo) and a search space over any job field by dotted key, each
+dimension one of grid / choice / uniform / loguniform / randint:
+
+  space:
+    policy.latent_dim: {grid: [16, 64]}
+    policy.beta: {choice: [0.05, 0.1]}
+    policy.latent_lr: {loguniform: [3.0e-4, 3.0e-3]}
+    train.zero_stage: {grid: [2, 3]}
+
+Each trial runs the same Ray Train + DeepSpeed fit as jobs/train_policy.py and then scores its
+implicit-reward accuracy by context size on the validation split. A policy trial holds a whole
+LM: on a small machine keep max_concurrent_trials at 1.
+
+Prints the table of trials and the sweep folder: trials.csv, best.yaml (run it with
+`python jobs/train_policy.py --config FOLDER/best.yaml`), accuracy_vs_context.png and Tune's
+state for `--resume FOLDER`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from npalign.cli import run_sweep_job
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_sweep_job(__doc__, argv, ("npdpo", "dpo"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
