@@ -78,7 +78,7 @@ def read_trials(folder: Path) -> list[dict]:
 def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_default(
     ray_cluster, tmp_path
 ):
-    """One 4-trial sweep (2 at a time) covers both: driven by tune/sweep_reward.py in its own
+    """One 4-trial sweep covers both: driven by tune/sweep_reward.py in its own
     process, Ctrl-C'd after its first finished trial, resumed here, then its chosen config is
     compared with the default one on the test split."""
     from npalign.evaluate import evaluate_reward_model
@@ -94,6 +94,9 @@ def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_de
         str(ROOT / "configs/sweep_synthetic.yaml"),
         *BASE,
         f"output_dir={tmp_path}",
+        # One trial at a time: Ctrl-C then lands between trials' fits, not inside one (a fit
+        # torn down mid-epoch on 2 busy cores can outlast any sensible wait).
+        "max_concurrent_trials=1",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -110,7 +113,7 @@ def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_de
     assert finished, sweep.stderr.read().decode()[-3000:] if sweep.poll() else "no trial finished"
     time.sleep(3)  # the trial function returns right after its final report
     sweep.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
-    sweep.wait(timeout=120)
+    sweep.wait(timeout=300)
     folder = finished[0].parents[2]
     done = {e.parent.name: e.stat().st_mtime for e in folder.glob("trials/*/evaluation.json")}
     assert done and len(done) < 4

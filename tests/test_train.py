@@ -150,6 +150,8 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
             "policy.num_layers=2",  # SmolLM2's first 2 blocks: the real tokenizer, a fast model
             "policy.lora_rank=8",
             "policy.max_response_tokens=24",
+            "policy.sft_weight=0",  # the training loss is then the DPO loss alone
+            "models=[npdpo]",
             "train.epochs=2",
             "train.lr=1e-3",
             "eval.context_sizes=[0,3]",
