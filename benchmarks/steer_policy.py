@@ -38,12 +38,7 @@ import numpy as np
 import torch
 
 from npalign.config import (
-    EvalConfig,
-    ModelConfig,
     PolicyJobConfig,
-    RewardJobConfig,
-    RunSettings,
-    TrainConfig,
     load_config,
 )
 from npalign.data.episodes import episode_arrays
@@ -72,21 +67,9 @@ def summary(values) -> dict[str, float]:
 def encoder_checkpoint(job: PolicyJobConfig) -> tuple[str, str]:
     """Train NP-BTL on the policy's pairs; (its checkpoint, its accuracy table)."""
     from npalign.experiment import run_reward_experiment
+    from npalign.policy_experiment import encoder_job
 
-    p = job.policy
-    reward = RewardJobConfig(
-        run=RunSettings(name="bench-policy-npbtl", output_dir=job.run.output_dir),
-        data=job.data.model_copy(
-            update={"num_targets": 20, "train_episodes": 16_000, "val_episodes": 500}
-        ),
-        models=["npbtl"],
-        model=ModelConfig(
-            hidden_dim=p.hidden_dim, latent_dim=p.latent_dim, aggregation=p.aggregation
-        ),
-        train=TrainConfig(batch_size=64, epochs=2, lr=1e-3),
-        eval=EvalConfig(context_sizes=job.eval.context_sizes, num_episodes=500, seed=job.eval.seed),
-    )
-    run = run_reward_experiment(reward)
+    run = run_reward_experiment(encoder_job(job))
     return run.results["npbtl"]["checkpoint"], run.table
 
 
