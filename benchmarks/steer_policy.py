@@ -43,7 +43,7 @@ from npalign.config import (
 )
 from npalign.data.episodes import episode_arrays
 from npalign.data.sequences import collate_policy, prompt_tokens
-from npalign.data.steer import SCORERS
+from npalign.data.steer import SCORERS, SENTENCE_END
 from npalign.evaluate import save_plot
 from npalign.files import write_json
 from npalign.models.policy import truncate_blocks
@@ -86,7 +86,9 @@ def accuracy_checks(results: dict, sizes: list[int]) -> dict:
             drops.append(by_m[a]["mean"] - by_m[b]["mean"] - slack)
         checks[f"npdpo [{user_type}] non-decreasing in m (within SEM)"] = {
             "worst_drop_beyond_sem": max(drops),
-            "pass": max(drops) <= 0,
+            # Accuracies come from float32 sums: a drop of exactly one SEM (100 → 96.67 ± 3.33
+            # over 30 episodes) computes as a few 1e-6 points beyond it.
+            "pass": max(drops) <= 1e-4,
         }
     return checks
 
@@ -160,12 +162,16 @@ def generation_study(job: PolicyJobConfig, checkpoints: dict, pairs, num_prompts
 
 def degenerate(text: str) -> bool:
     """Text no reader would accept, whatever its attribute score: a "word" of over 25 letters
-    (tokens glued together: one word to the length scorer) or one word making up over half of
-    a response of 8 or more words (a loop)."""
+    (tokens glued together: one word to the length scorer), one word making up over half of
+    a response of 8 or more words, or a sentence of 5 or more words said twice (loops, which
+    inflate a length score)."""
     words = text.split()
     if any(len(w) > 25 for w in words):
         return True
-    return len(words) >= 8 and max(words.count(w) for w in set(words)) > len(words) / 2
+    if len(words) >= 8 and max(words.count(w) for w in set(words)) > len(words) / 2:
+        return True
+    sentences = [s.strip() for s in SENTENCE_END.split(text) if len(s.split()) >= 5]
+    return len(sentences) != len(set(sentences))
 
 
 def generation_checks(study: dict, job: PolicyJobConfig) -> dict:
