@@ -1,8 +1,10 @@
 """Platform overhead: NP-BTL training through Ray Data + Ray Train + DeepSpeed ZeRO-2 vs a plain
 single-process PyTorch loop over the same episodes, model and batch size, in one run.
 
-Steady state is the last epoch of the platform run (the first one warms up Ray Data's stream) and
-the plain loop after a few warm-up steps. Start-up (worker launch, imports, DeepSpeed init,
+Steady state is the last epoch of the platform run (the first one warms up Ray Data's stream)
+from its first batch on, and the plain loop after a few warm-up steps. The wait for each epoch's
+first batch (Ray Data starting that epoch's read pipeline) is printed separately, with the
+whole-epoch rate that includes it. Start-up (worker launch, imports, DeepSpeed init,
 checkpoints, validation) is printed separately: wall time of the fit minus its training time.
 
   .venv/bin/python benchmarks/platform_overhead.py --out benchmarks/platform_overhead.json
@@ -165,12 +167,18 @@ def main() -> None:
         history = result.metrics_dataframe
     per_epoch = history["train_episodes_per_s"].tolist()
     train_seconds = sum(d.train_episodes / eps for eps in per_epoch)
-    platform = per_epoch[-1]
+    first_batch = history["first_batch_s"].tolist()
+    # Steady state: the last epoch once its first batch is in. Ray Data starts each epoch's
+    # read pipeline when the first batch is asked for; that wait is a per-epoch start-up cost,
+    # reported beside it, and the whole-epoch rate (which includes it) too.
+    platform = history["steady_episodes_per_s"].tolist()[-1]
     figures = {
         "plain_episodes_per_s": plain,
         "platform_episodes_per_s": platform,
-        "platform_episodes_per_s_by_epoch": per_epoch,
         "ratio": platform / plain,
+        "platform_whole_epoch_episodes_per_s_by_epoch": per_epoch,
+        "whole_epoch_ratio": per_epoch[-1] / plain,
+        "first_batch_wait_s_by_epoch": first_batch,
         "startup_and_checkpoint_s": wall - train_seconds,
         "data_wait_share": history["data_wait_share"].tolist()[-1],
         "step_cost_one_worker": step_cost,
@@ -182,9 +190,15 @@ def main() -> None:
     }
     print(
         f"platform (Ray Data + Train + DeepSpeed ZeRO-{config.train.zero_stage}, "
-        f"{config.train.num_workers} workers): {platform:.0f} episodes/s in the last epoch"
+        f"{config.train.num_workers} workers): {platform:.0f} episodes/s in the last epoch, "
+        "after its first batch"
     )
     print(f"ratio platform / plain: {figures['ratio']:.2f}x (goal >= 0.8x)")
+    print(
+        f"each epoch first waits {first_batch[-1]:.1f} s for Ray Data to start its pipeline; "
+        f"with that wait the last epoch runs at {per_epoch[-1]:.0f} episodes/s "
+        f"({figures['whole_epoch_ratio']:.2f}x)"
+    )
     print(
         f"start-up, validation and checkpoints: {figures['startup_and_checkpoint_s']:.1f} s "
         f"of a {wall:.1f} s fit"

@@ -136,6 +136,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         start = time.perf_counter()
         data_wait = 0.0  # time blocked on Ray Data: a high share means the input is the bottleneck
+        first_batch_wait = None  # Ray Data starts the epoch's pipeline (read tasks) on demand
         rows_iter = iter(
             train_shard.iter_batches(
                 batch_size=micro_batch, batch_format="pyarrow", drop_last=True, prefetch_batches=4
@@ -145,6 +146,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             waited = time.perf_counter()
             rows = next(rows_iter, None)
             data_wait += time.perf_counter() - waited
+            if first_batch_wait is None:
+                first_batch_wait = time.perf_counter() - waited
             if rows is None:
                 break
             batch = task.collate(rows, "train").to(device, dtype)
@@ -164,6 +167,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "start_step": start_step,  # > 0 when this run resumed from a checkpoint
             "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
             "train_episodes_per_s": len(losses) * config.batch_size / train_seconds,
+            # The same once the epoch's first batch has arrived: the rate a longer epoch tends to.
+            "steady_episodes_per_s": len(losses)
+            * config.batch_size
+            / max(train_seconds - (first_batch_wait or 0.0), 1e-9),
+            "first_batch_s": first_batch_wait or 0.0,
             "data_wait_share": data_wait / train_seconds,
             "lr": scheduler.get_last_lr()[0],
             **_validate(engine, task, val_shard, micro_batch, step, device, dtype),
