@@ -136,7 +136,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         start = time.perf_counter()
         data_wait = 0.0  # time blocked on Ray Data: a high share means the input is the bottleneck
-        first_batch_wait = None  # Ray Data starts the epoch's pipeline (read tasks) on demand
+        first_batch_wait = 0.0  # Ray Data starts the epoch's pipeline (read tasks) on demand
         rows_iter = iter(
             train_shard.iter_batches(
                 batch_size=micro_batch, batch_format="pyarrow", drop_last=True, prefetch_batches=4
@@ -145,9 +145,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         while True:
             waited = time.perf_counter()
             rows = next(rows_iter, None)
-            data_wait += time.perf_counter() - waited
-            if first_batch_wait is None:
-                first_batch_wait = time.perf_counter() - waited
+            wait = time.perf_counter() - waited
+            data_wait += wait
+            if not losses:
+                first_batch_wait = wait
             if rows is None:
                 break
             batch = task.collate(rows, "train").to(device, dtype)
@@ -170,8 +171,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # The same once the epoch's first batch has arrived: the rate a longer epoch tends to.
             "steady_episodes_per_s": len(losses)
             * config.batch_size
-            / max(train_seconds - (first_batch_wait or 0.0), 1e-9),
-            "first_batch_s": first_batch_wait or 0.0,
+            / max(train_seconds - first_batch_wait, 1e-9),
+            "first_batch_s": first_batch_wait,
             "data_wait_share": data_wait / train_seconds,
             "lr": scheduler.get_last_lr()[0],
             **_validate(engine, task, val_shard, micro_batch, step, device, dtype),
