@@ -176,8 +176,9 @@ def degenerate(text: str) -> bool:
 
 def generation_checks(study: dict, job: PolicyJobConfig) -> dict:
     """For each type: at the largest m its attribute lies on its preferred side of both its own
-    m=0 value and pooled DPO's (paired over the same prompts), and no answer is degenerate (a
-    scorer is easy to game with garbage: 'raciesracies...' is one word long)."""
+    m=0 value and pooled DPO's, by more than the SEM of the paired differences over the same
+    prompts, and no answer is degenerate (a scorer is easy to game with garbage: 'raciesracies...'
+    is one word long)."""
     sizes, checks = job.eval.context_sizes, {}
     for user_type in job.data.steer.types:
         sign = 1 if user_type.prefers == "higher" else -1
@@ -192,12 +193,13 @@ def generation_checks(study: dict, job: PolicyJobConfig) -> dict:
             (f"m={min(sizes)}", by_m[min(sizes)]["values"]),
             ("pooled dpo", study["dpo"][user_type.attribute]["values"]),
         ):
-            moved = sign * (last - np.asarray(values))
+            moved = summary(sign * (last - np.asarray(values)))
             checks[
                 f"generated {user_type.attribute} [{user_type.name}] m={max(sizes)} vs {against}"
             ] = {
-                "toward_preference": summary(moved),
-                "pass": bool(moved.mean() > 0),
+                "toward_preference": moved,
+                # Beyond its SEM: on 16 prompts a shift of a few words is noise.
+                "pass": moved["mean"] > moved["sem"],
             }
     return checks
 

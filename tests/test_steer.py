@@ -1,6 +1,8 @@
 """The steer task: scorers, tone, labelling by user type, the cached build split by prompt."""
 
 import numpy as np
+import pytest
+from pydantic import ValidationError
 
 from npalign.config import SteerConfig, SteerType
 from npalign.data.steer import (
@@ -82,3 +84,11 @@ def test_demo_users_hold_their_own_types_choices_on_other_prompts():
             SCORERS["length"](c["chosen"]) < SCORERS["length"](c["rejected"]) for c in choices
         ]
         assert all(shorter) if user_type == "concise" else not any(shorter)
+
+
+def test_the_prompt_template_is_the_configs_and_must_hold_the_lead():
+    rows, _ = steer_rows(SteerConfig(stories=5, prompt="Briefly: {lead}"))
+    leads = {story[0] for story in load_stories()[:5]}
+    assert rows and {r["prompt"] for r in rows} <= {f"Briefly: {lead}" for lead in leads}
+    with pytest.raises(ValidationError, match="prompt"):
+        SteerConfig(prompt="What happened?")

@@ -92,6 +92,11 @@ class SteerConfig(Strict):
 
     types: list[SteerType] = Field(default_factory=_steer_types, min_length=2)
     stories: int | None = Field(None, gt=0, description="use only the first N stories")
+    prompt: str = Field(
+        "What happened in this news story? {lead}",
+        pattern=r"\{lead\}",
+        description="each story's prompt; {lead} is replaced by the story's first sentence",
+    )
     max_sentences: int = Field(5, ge=2, description="longest response, in corpus sentences")
     pairs_per_prompt: int = Field(16, gt=0)
     conflicting_only: bool = Field(True, description="keep only pairs the types disagree on")

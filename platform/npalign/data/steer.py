@@ -1,12 +1,12 @@
 """The embedded default text task, "steer": user types that judge answers by a measurable attribute.
 
 Built offline from the Lee news corpus (300 Australian news stories) that the `gensim` package
-ships with its tests. Each story gives one prompt, "What happened in this news story? <its first
-sentence>", and responses made of the next k sentences (k = 1..max_sentences), each in a formal
-and a casual tone. A user type prefers the response whose attribute score — `length` (words) or
-`formality` (formal minus casual markers per sentence) — is higher or lower by more than a
-margin. The same scorers score *generated* text later, so a policy's steering is measured with
-the very function that labelled its training data.
+ships with its tests. Each story gives one prompt, by default "What happened in this news story?
+<its first sentence>" (`SteerConfig.prompt`), and responses made of the next k sentences
+(k = 1..max_sentences), each in a formal and a casual tone. A user type prefers the response
+whose attribute score — `length` (words) or `formality` (formal minus casual markers per
+sentence) — is higher or lower by more than a margin. The same scorers score *generated* text
+later, so a policy's steering is measured with the very function that labelled its training data.
 
 The text pairs are cached under $NPALIGN_CACHE/steer/<hash of the config>, so a rerun is instant.
 """
@@ -29,7 +29,6 @@ from npalign.files import cache_dir, write_json
 
 log = logging.getLogger(__name__)
 
-PROMPT = "What happened in this news story? {lead}"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 # Bumped when the way responses are composed changes, so old caches are not reused.
 VERSION = 1
@@ -165,7 +164,7 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
     for story in load_stories()[: config.stories]:
         if len(story) < 3:
             continue  # a lead and at most one sentence: every answer has the same length
-        prompt = PROMPT.format(lead=story[0])
+        prompt = config.prompt.replace("{lead}", story[0])
         candidates = responses(story, config.max_sentences, rng)
         kept = []
         for a, b in itertools.combinations(candidates, 2):
