@@ -98,7 +98,8 @@ def accuracy_checks(results: dict, sizes: list[int]) -> dict:
 
 def generation_study(job: PolicyJobConfig, checkpoints: dict, pairs, num_prompts: int, tokens: int):
     """Greedy answers to `num_prompts` test prompts: NP-DPO for a user of each type given m
-    choices (a fresh draw per prompt, from other test prompts), pooled DPO and the base model.
+    choices (per prompt one draw of the largest context from other test prompts, whose first m
+    pairs are the context at m, as in the accuracy evaluation), pooled DPO and the base model.
     Returns the attribute summaries and a few sample texts."""
     from npalign.experiment import text_tables
     from npalign.generation import ContextEmbeddings, generate, user_latents
@@ -118,10 +119,11 @@ def generation_study(job: PolicyJobConfig, checkpoints: dict, pairs, num_prompts
         score = SCORERS[user_type.attribute]
         pool = np.flatnonzero((pairs.user_type == name) & ~np.isin(prompt_ids, chosen_ids))
         out["npdpo"][name] = {}
+        drawn = [rng.choice(pool, size=max(job.eval.context_sizes), replace=False) for _ in prompts]
         for m in job.eval.context_sizes:
             contexts = []
-            for _ in prompts:
-                rows = rng.choice(pool, size=m, replace=False)
+            for largest in drawn:
+                rows = largest[:m]
                 b_chosen = pairs.choice[rows].astype(bool)[:, None]
                 a, b = pairs.features_a[rows], pairs.features_b[rows]
                 contexts.append(

@@ -43,15 +43,19 @@ def test_collate_pads_and_orders_chosen_first():
     assert batch.target_choice[0].tolist() == [0.0, 1.0, 0.0]
 
 
-def test_accuracy_table_shows_a_type_missing_at_some_context_size():
-    from npalign.evaluate import format_table
+def test_evaluation_scores_the_same_users_and_targets_at_every_context_size():
+    from npalign.evaluate import evaluation_episodes
 
-    one = {"mean": 75.0, "sem": 5.0, "episodes": 4}
-    results = {
-        "npdpo": {
-            "average": {0: one, 3: one},
-            "by_type": {"a": {0: one, 3: one}, "b": {0: one}},  # no "b" user drawn at m=3
-        }
-    }
-    rows = format_table(results, [0, 3]).splitlines()
-    assert rows[-1].split()[-1] == "-" and "75.00 ± 5.00" in rows[-2]
+    pairs = small_table(rows=200)
+    by_m = evaluation_episodes(pairs, [0, 1, 3, 10], 50, 5, seed=1)
+    largest = context_rows(by_m[10])
+    for m, episodes in by_m.items():
+        arrays = episode_arrays(episodes)
+        assert arrays["user"].tolist() == episode_arrays(by_m[0])["user"].tolist()
+        assert np.array_equal(arrays["target"], episode_arrays(by_m[0])["target"])
+        for context, full, target in zip(
+            context_rows(episodes), largest, arrays["target"], strict=True
+        ):
+            # the first m of the largest context, never a target
+            assert context.tolist() == full[:m].tolist()
+            assert not set(context) & set(target)

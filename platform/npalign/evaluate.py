@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from npalign.config import EvalConfig
-from npalign.data.episodes import collate, episode_arrays, sample_episodes
+from npalign.data.episodes import collate, context_prefix, episode_arrays, sample_episodes
 from npalign.data.preferences import PairTable
 from npalign.files import atomic_path
 from npalign.models.reward import preference_loss
@@ -40,19 +40,18 @@ def combine_types(per_type: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def fixed_context_episodes(
-    pairs: PairTable, context_size: int, num_episodes: int, num_targets: int, seed: int
-):
-    """Episodes of exactly `context_size` context pairs, drawn from `pairs` (the test split)."""
-    return sample_episodes(
-        pairs,
-        num_episodes,
-        context_size,
-        context_size,
-        num_targets,
-        seed + context_size,
-        source="test split",
+def evaluation_episodes(
+    pairs: PairTable, context_sizes: list[int], num_episodes: int, num_targets: int, seed: int
+) -> dict[int, pa.Table]:
+    """Test episodes for every context size, drawn from `pairs` (the test split): one draw of
+    users, targets and a context of the largest size, and for each size m the first m pairs of
+    that context. Accuracy at a larger m is then measured on the same users and targets with
+    more of their choices, so a change between sizes is the context's doing, not a new draw's."""
+    largest = max(context_sizes)
+    episodes = sample_episodes(
+        pairs, num_episodes, largest, largest, num_targets, seed, source="test split"
     )
+    return {m: context_prefix(episodes, m) for m in context_sizes}
 
 
 @torch.no_grad()
@@ -80,20 +79,17 @@ def evaluate_by_context(
     """{"average": {m: summary}, "by_type": {type: {m: summary}}} for any model: `score` maps an
     episode table to percent-correct per episode. A summary holds mean, SEM and episodes.
 
-    A `context_blind` model (one that never reads the context: pooled or per-type baselines)
-    has the same expected accuracy at every m, so it is scored once, on the episodes of the
-    smallest m, and that summary is reported at every m: for a costly model (a policy) this
-    saves a full pass per context size."""
+    Every m scores the same users and targets (`evaluation_episodes`), so a `context_blind` model
+    (one that never reads the context: pooled or per-type baselines) scores the same at every
+    m: it is scored once and that summary is reported at every m; for a costly model (a
+    policy) this saves a full pass per context size."""
     result: dict = {"average": {}, "by_type": {}}
     accuracy = None
+    episodes_by_m = evaluation_episodes(
+        pairs, settings.context_sizes, settings.num_episodes, num_targets, settings.seed
+    )
     for m in settings.context_sizes:
-        episodes = fixed_context_episodes(
-            pairs,
-            min(settings.context_sizes) if context_blind else m,
-            settings.num_episodes,
-            num_targets,
-            settings.seed,
-        )
+        episodes = episodes_by_m[m]
         if accuracy is None or not context_blind:
             started = time.perf_counter()
             accuracy = score(episodes)
@@ -133,11 +129,7 @@ def format_table(
     lines = [head, "-" * len(head)]
 
     def row(label: str, by_m: dict) -> str:
-        # A type can be missing at some m when the test episodes are few (users are drawn).
-        cells = [
-            f"{by_m[m]['mean']:6.2f} ± {by_m[m]['sem']:4.2f}" if m in by_m else "-"
-            for m in context_sizes
-        ]
+        cells = [f"{by_m[m]['mean']:6.2f} ± {by_m[m]['sem']:4.2f}" for m in context_sizes]
         return f"{label:<22}" + "".join(f"{c:>15}" for c in cells)
 
     for name, result in results.items():

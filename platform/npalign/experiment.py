@@ -23,7 +23,7 @@ from npalign.data.text import read_text_splits
 from npalign.evaluate import (
     combine_types,
     evaluate_reward_model,
-    fixed_context_episodes,
+    evaluation_episodes,
     format_table,
     plot_accuracy,
 )
@@ -101,15 +101,10 @@ def bayes_reference(config: RewardJobConfig, test: PairTable) -> dict[str, list[
     if config.data.source != "synthetic":
         return {}
     e = config.eval
-    limit = [
-        float(
-            bayes_accuracy(
-                test,
-                fixed_context_episodes(test, m, e.num_episodes, config.data.num_targets, e.seed),
-            ).mean()
-        )
-        for m in e.context_sizes
-    ]
+    episodes = evaluation_episodes(
+        test, e.context_sizes, e.num_episodes, config.data.num_targets, e.seed
+    )
+    limit = [float(bayes_accuracy(test, episodes[m]).mean()) for m in e.context_sizes]
     return {"Bayes limit": limit}
 
 
@@ -121,8 +116,9 @@ def run_reward_experiment(config: RewardJobConfig) -> RewardRun:
     # Sample every episode before creating the run folder: a context size that a user cannot
     # fill raises here.
     episodes = sample_train_val(data, pairs)
-    for m in config.eval.context_sizes:
-        fixed_context_episodes(pairs["test"], m, 1, data.num_targets, config.eval.seed)
+    evaluation_episodes(
+        pairs["test"], config.eval.context_sizes, 1, data.num_targets, config.eval.seed
+    )
 
     folder = Path(config.run.output_dir) / f"{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=False)

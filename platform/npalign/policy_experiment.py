@@ -30,7 +30,7 @@ from npalign.data.sequences import TokenizedPairs, collate_policy, tokenize_pair
 from npalign.evaluate import (
     combine_types,
     evaluate_by_context,
-    fixed_context_episodes,
+    evaluation_episodes,
     format_table,
     plot_accuracy,
 )
@@ -175,8 +175,9 @@ def run_policy_experiment(job: PolicyJobConfig) -> PolicyRun:
     data = policy_data(job)
     pairs = {split: p for split, (p, _) in data.items()}
     episodes = sample_train_val(job.data, pairs)
-    for m in job.eval.context_sizes:
-        fixed_context_episodes(pairs["test"], m, 1, job.data.num_targets, job.eval.seed)
+    evaluation_episodes(
+        pairs["test"], job.eval.context_sizes, 1, job.data.num_targets, job.eval.seed
+    )
 
     folder = Path(job.run.output_dir) / f"{job.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=False)

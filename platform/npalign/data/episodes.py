@@ -83,6 +83,16 @@ def episode_arrays(
     return out
 
 
+def context_prefix(episodes: pa.Table, size: int) -> pa.Table:
+    """The same episodes with only the first `size` pairs of each context (the rest padding):
+    the same users and targets with less context."""
+    context = episode_arrays(episodes, ("context",))["context"].copy()
+    context[:, size:] = PADDING
+    return episodes.set_column(
+        episodes.schema.get_field_index("context"), "context", _fixed_width(context)
+    )
+
+
 def context_rows(episodes: pa.Table) -> list[np.ndarray]:
     """Each episode's context row indices, padding dropped."""
     return [row[row != PADDING] for row in episode_arrays(episodes)["context"]]
