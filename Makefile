@@ -25,7 +25,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# The policy stage scores 16 test episodes per context size (the benchmark: 64) to save time.
+# The policy stage scores 16 test episodes per context size (the benchmark: 128) to save time.
 demo: setup
 	$(BIN)/python jobs/demo.py --set policy:models=[npdpo] --set policy:eval.num_episodes=16
 

@@ -23,6 +23,28 @@ def test_context_and_target_are_disjoint_and_from_one_user():
     assert sizes == set(range(11))
 
 
+def test_paired_episodes_score_every_user_on_the_same_targets():
+    pairs = small_table(rows=200)
+    # every pair labelled by both users
+    pairs.pair_id = np.array([f"p{i // 2}" for i in range(200)], dtype=object)
+    episodes = sample_episodes(pairs, 51, 0, 10, 3, seed=0, paired=True)
+    arrays = episode_arrays(episodes)
+    contexts = context_rows(episodes)
+    assert len(episodes) == 51
+    for start in range(0, 51, 2):
+        group = range(start, min(start + 2, 51))
+        assert [arrays["user"][i] for i in group] == ["u0", "u1"][: len(group)]
+        targets = {tuple(pairs.pair_id[arrays["target"][i]]) for i in group}
+        assert len(targets) == 1, "one group, one set of target pairs"
+        for i in group:
+            rows = np.concatenate([contexts[i], arrays["target"][i]])
+            assert set(pairs.user[rows]) == {arrays["user"][i]}, "each user's own labels"
+            assert not set(pairs.pair_id[contexts[i]]) & set(pairs.pair_id[arrays["target"][i]])
+    # unlabelled by the other user: a clear error, not a silent unpaired draw
+    with pytest.raises(PreferenceDataError, match=r"only 0 pairs are labelled by all 2 users"):
+        sample_episodes(small_table(rows=200), 10, 0, 5, 3, seed=0, paired=True)
+
+
 def test_context_larger_than_a_users_pairs_is_a_clear_error():
     pairs = small_table(rows=20)  # 10 pairs per user
     with pytest.raises(PreferenceDataError, match=r"user 'u0' has 10 pairs.*max_context \(5\)"):

@@ -136,6 +136,10 @@ class DataConfig(Strict):
     num_targets: int = Field(20, gt=0)
     train_episodes: int = Field(64_000, gt=0)
     val_episodes: int = Field(1_000, gt=0)
+    paired_targets: bool = Field(
+        False,
+        description="training episodes in groups, one per user, scoring the same target pairs",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

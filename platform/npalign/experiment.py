@@ -79,6 +79,7 @@ def sample_train_val(data: DataConfig, pairs: dict[str, PairTable]) -> dict[str,
             data.num_targets,
             seed,
             f"{split} split",
+            data.paired_targets,
         )
         for split, num, seed in (
             ("train", data.train_episodes, data.seed),

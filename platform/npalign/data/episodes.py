@@ -28,9 +28,16 @@ def sample_episodes(
     num_targets: int,
     seed: int,
     source: str = "<pairs>",
+    paired: bool = False,
 ) -> pa.Table:
     """Draw episodes: a user uniformly, m ~ U{min_context..max_context} per episode, then m + n
-    distinct rows of that user; the first m are the context, the other n the targets."""
+    distinct rows of that user; the first m are the context, the other n the targets.
+
+    `paired`: episodes come instead in groups of consecutive rows, one episode per user, whose
+    targets are the same n pairs (each labelled by that user) and whose contexts are each
+    user's own. Within a group the part of the loss gradient that ignores the user cancels, so a
+    batch of a few episodes carries mostly how users differ: the signal that teaches a policy
+    to read z. Needs pairs labelled by every user (as in the synthetic and steer tasks)."""
     rng = np.random.default_rng(seed)
     users, inverse = np.unique(pairs.user.astype(str), return_inverse=True)
     rows_of_user = [np.flatnonzero(inverse == u) for u in range(len(users))]
@@ -42,16 +49,26 @@ def sample_episodes(
                 f"max_context ({max_context}) + num_targets ({num_targets}) = {needed} "
                 "distinct pairs; lower max_context or num_targets"
             )
-    episode_user = rng.integers(0, len(users), size=num_episodes)
+    if paired:
+        episode_user, shared_target = _paired_targets(
+            pairs, rows_of_user, num_episodes, num_targets, rng, source
+        )
+    else:
+        episode_user = rng.integers(0, len(users), size=num_episodes)
     sizes = rng.integers(min_context, max_context + 1, size=num_episodes)
     width = max(1, max_context)  # keep a real axis even when every context is empty
     context = np.full((num_episodes, width), PADDING, dtype=np.int64)
     target = np.empty((num_episodes, num_targets), dtype=np.int64)
     for i, (u, m) in enumerate(zip(episode_user, sizes, strict=True)):
         rows = rows_of_user[u]
-        picked = rows[rng.choice(len(rows), size=m + num_targets, replace=False)]
-        context[i, :m] = picked[:m]
-        target[i] = picked[m:]
+        if paired:
+            target[i] = shared_target[i]
+            free = rows[~np.isin(rows, target[i])]
+            context[i, :m] = free[rng.choice(len(free), size=m, replace=False)]
+        else:
+            picked = rows[rng.choice(len(rows), size=m + num_targets, replace=False)]
+            context[i, :m] = picked[:m]
+            target[i] = picked[m:]
     user_type = {u: pairs.user_type[rows[0]] for u, rows in enumerate(rows_of_user)}
     return pa.table(
         {
@@ -61,6 +78,34 @@ def sample_episodes(
             "target": _fixed_width(target),
         }
     )
+
+
+def _paired_targets(
+    pairs: PairTable,
+    rows_of_user: list[np.ndarray],
+    num_episodes: int,
+    num_targets: int,
+    rng: np.random.Generator,
+    source: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For groups of one episode per user: (episodes,) users and (episodes, n) target rows,
+    the same n pairs within a group, each row that user's label of the pair."""
+    row_of = [dict(zip(pairs.pair_id[rows], rows, strict=True)) for rows in rows_of_user]
+    shared = sorted(set.intersection(*(set(r) for r in row_of)))
+    if len(shared) < num_targets:
+        raise PreferenceDataError(
+            f"{source}: paired episodes score every user on the same targets, but only "
+            f"{len(shared)} pairs are labelled by all {len(row_of)} users and an episode needs "
+            f"num_targets ({num_targets}); set paired_targets false"
+        )
+    groups = -(-num_episodes // len(row_of))
+    episode_user = np.tile(np.arange(len(row_of)), groups)[:num_episodes]
+    target = np.empty((num_episodes, num_targets), dtype=np.int64)
+    for g in range(groups):
+        picked = [shared[j] for j in rng.choice(len(shared), size=num_targets, replace=False)]
+        for i in range(g * len(row_of), min((g + 1) * len(row_of), num_episodes)):
+            target[i] = [row_of[episode_user[i]][p] for p in picked]
+    return episode_user, target
 
 
 def _fixed_width(index: np.ndarray) -> pa.FixedSizeListArray:
