@@ -186,6 +186,9 @@ def generation_checks(study: dict, job: PolicyJobConfig) -> dict:
         sign = 1 if user_type.prefers == "higher" else -1
         by_m = study["npdpo"][user_type.name]
         last = np.asarray(by_m[max(sizes)]["values"])
+        # The same move on the prompts whose answer at the largest m reads as text: loops
+        # lengthen an answer, so a length move must not rest on them.
+        readable = np.array([not degenerate(t) for t in by_m[max(sizes)]["texts"]])
         share = max(by_m[m]["degenerate"] for m in sizes)
         checks[f"generated text [{user_type.name}] not degenerate at any m"] = {
             "worst_degenerate_share": share,
@@ -195,13 +198,15 @@ def generation_checks(study: dict, job: PolicyJobConfig) -> dict:
             (f"m={min(sizes)}", by_m[min(sizes)]["values"]),
             ("pooled dpo", study["dpo"][user_type.attribute]["values"]),
         ):
-            moved = summary(sign * (last - np.asarray(values)))
+            moved = sign * (last - np.asarray(values))
+            stats = summary(moved)
             checks[
                 f"generated {user_type.attribute} [{user_type.name}] m={max(sizes)} vs {against}"
             ] = {
-                "toward_preference": moved,
+                "toward_preference": stats,
+                "toward_preference_readable_only": summary(moved[readable]),
                 # Beyond its SEM: on 16 prompts a shift of a few words is noise.
-                "pass": moved["mean"] > moved["sem"],
+                "pass": stats["mean"] > stats["sem"],
             }
     return checks
 
