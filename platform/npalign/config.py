@@ -138,7 +138,7 @@ class DataConfig(Strict):
     val_episodes: int = Field(1_000, gt=0)
     paired_targets: bool = Field(
         False,
-        description="training episodes in groups, one per user, scoring the same target pairs",
+        description="train and val episodes in groups, one per user, on the same target pairs",
     )
     seed: int = 0
 

@@ -35,9 +35,10 @@ def sample_episodes(
 
     `paired`: episodes come instead in groups of consecutive rows, one episode per user, whose
     targets are the same n pairs (each labelled by that user) and whose contexts are each
-    user's own. Within a group the part of the loss gradient that ignores the user cancels, so a
-    batch of a few episodes carries mostly how users differ: the signal that teaches a policy
-    to read z. Needs pairs labelled by every user (as in the synthetic and steer tasks)."""
+    user's own. Where the users label a pair differently, the part of the loss gradient that
+    ignores the user cancels within the group, so a batch of a few episodes carries mostly how
+    users differ: the signal that teaches a policy to read z. Needs pairs labelled by every
+    user (as in the synthetic and steer tasks)."""
     rng = np.random.default_rng(seed)
     users, inverse = np.unique(pairs.user.astype(str), return_inverse=True)
     rows_of_user = [np.flatnonzero(inverse == u) for u in range(len(users))]
