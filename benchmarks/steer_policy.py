@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -165,15 +166,20 @@ def generation_study(job: PolicyJobConfig, checkpoints: dict, pairs, num_prompts
 def degenerate(text: str) -> bool:
     """Text no reader would accept, whatever its attribute score: a "word" of over 25 letters
     (tokens glued together: one word to the length scorer), one word making up over half of
-    a response of 8 or more words, or a sentence of 5 or more words said twice (loops, which
-    inflate a length score)."""
+    a response of 8 or more words, a sentence of 5 or more words said twice, or over half of
+    its word 3-grams repeats of earlier ones (loops inside a sentence too: "I'm sorry, I'm
+    sorry, I'm sorry."). Loops inflate a length score."""
     words = text.split()
     if any(len(w) > 25 for w in words):
         return True
     if len(words) >= 8 and max(words.count(w) for w in set(words)) > len(words) / 2:
         return True
     sentences = [s.strip() for s in SENTENCE_END.split(text) if len(s.split()) >= 5]
-    return len(sentences) != len(set(sentences))
+    if len(sentences) != len(set(sentences)):
+        return True
+    tokens = re.findall(r"\w+", text.lower())
+    grams = [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
+    return len(grams) > 0 and len(set(grams)) < len(grams) / 2
 
 
 def generation_checks(study: dict, job: PolicyJobConfig) -> dict:

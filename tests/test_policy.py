@@ -92,6 +92,20 @@ def test_each_row_is_conditioned_on_its_own_z(policy_and_base):
     assert not torch.allclose(before[1], after[1])
 
 
+def test_no_context_is_the_pooled_policy_however_film_is_trained(policy_and_base):
+    policy, _, ids, mask = policy_and_base
+    perturb(policy)
+    empty = torch.randn(2, 3, 16)  # padding only: the mask hides every pair
+    z = policy.latent(empty, empty, torch.zeros(2, 3, dtype=torch.bool))
+    assert torch.equal(z, torch.zeros_like(z))
+    pair = torch.randn(2, 1, 16)
+    one = policy.latent(pair, -pair, torch.ones(2, 1, dtype=torch.bool))
+    with torch.no_grad():
+        pooled = policy.logits(ids, mask, None)  # base + LoRA, FiLM skipped
+        assert torch.equal(policy.logits(ids, mask, z), pooled)
+        assert not torch.allclose(policy.logits(ids, mask, one), pooled)
+
+
 def test_generation_with_a_z_per_row_matches_generating_each_row_alone(policy_and_base):
     policy, _, ids, mask = policy_and_base
     perturb(policy)

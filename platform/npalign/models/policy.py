@@ -1,7 +1,14 @@
 """NP-DPO steerable policy: a causal LM with LoRA and a FiLM layer after every transformer block,
 conditioned per batch row on a user's latent z from the context encoder.
 
-    h_l ← γ_l(z) ⊙ h_l + β_l(z)     after block l, with γ_l = 1, β_l = 0 at initialisation
+    h_l ← γ_l(z) ⊙ h_l + β_l(z),   γ_l(z) = 1 + W_l z,   β_l(z) = V_l z     after block l
+
+z is measured from the empty context's latent, z = μ(C) − μ(∅), and the maps have no bias, so
+FiLM is exactly the identity with no context (and at initialisation, W = V = 0): a user nobody
+knows anything about gets base + LoRA, the pooled policy trained on every user's labels, and
+context moves the policy away from there. A bias, or an uncentred z, would be a user-blind shift,
+LoRA's job, and let the no-context policy drift from the pooled one (runs 6–10 in
+benchmarks/RESULTS.md: with no context it wrote ~90 looping words where pooled DPO wrote ~45).
 
 The reference policy π_ref of DPO is the same network with LoRA and FiLM switched off (no copy of
 the weights). The DPO loss compares sequence log-probs summed over the response tokens only; an
@@ -29,20 +36,20 @@ from npalign.models.context import ContextEncoder
 
 
 class FiLM(nn.Module):
-    """γ(z) ⊙ h + β(z), exactly the identity at initialisation."""
+    """(1 + W z) ⊙ h + V z: linear in z without bias, so the identity at z = 0 (no context) and
+    at initialisation (W = V = 0)."""
 
     def __init__(self, latent_dim: int, width: int):
         super().__init__()
-        self.gamma = nn.Linear(latent_dim, width)
-        self.beta = nn.Linear(latent_dim, width)
-        for linear, bias in ((self.gamma, 1.0), (self.beta, 0.0)):
-            nn.init.zeros_(linear.weight)
-            nn.init.constant_(linear.bias, bias)
+        self.gamma = nn.Linear(latent_dim, width, bias=False)
+        self.beta = nn.Linear(latent_dim, width, bias=False)
+        nn.init.zeros_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """h: (batch, tokens, width), z: (batch, latent); each row scaled by its own z."""
         z = z.to(h.dtype)
-        return self.gamma(z)[:, None, :] * h + self.beta(z)[:, None, :]
+        return (1 + self.gamma(z))[:, None, :] * h + self.beta(z)[:, None, :]
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
@@ -138,9 +145,16 @@ class SteerablePolicy(nn.Module):
     def latent(
         self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """z (mean of q(z | context)) from embeddings of the context pairs: (batch, m, dim) ×2,
-        mask (batch, m) → (batch, latent)."""
-        return self.encoder(chosen, rejected, mask).mean
+        """z = μ(C) − μ(∅), the mean of q(z | context) measured from the empty context's, from
+        embeddings of the context pairs: (batch, m, dim) ×2, mask (batch, m) → (batch, latent).
+        An empty context gives z = 0 exactly: FiLM off, the pooled policy."""
+        # The empty context rides along as one more row of the same call: under ZeRO-3 the
+        # encoder's parameters are gathered only inside its forward.
+        chosen, rejected, mask = (
+            torch.cat([t, t.new_zeros((1, *t.shape[1:]))]) for t in (chosen, rejected, mask)
+        )
+        mean = self.encoder(chosen, rejected, mask).mean
+        return mean[:-1] - mean[-1:]
 
     def logits(
         self,
