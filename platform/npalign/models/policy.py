@@ -5,10 +5,10 @@ conditioned per batch row on a user's latent z from the context encoder.
 
 z is measured from the empty context's latent, z = μ(C) − μ(∅), and the maps have no bias, so
 FiLM is exactly the identity with no context (and at initialisation, W = V = 0): a user nobody
-knows anything about gets base + LoRA, the pooled policy trained on every user's labels, and
-context moves the policy away from there. A bias, or an uncentred z, would be a user-blind shift,
-LoRA's job, and let the no-context policy drift from the pooled one (runs 6–10 in
-benchmarks/RESULTS.md: with no context it wrote ~90 looping words where pooled DPO wrote ~45).
+knows anything about gets base + LoRA alone, the part every user's episodes train, and context
+moves the policy away from there. A bias, or an uncentred z, would be a user-blind shift, LoRA's
+job (runs 6–10 in benchmarks/RESULTS.md: the no-context latent wrote ~90 looping words where
+pooled DPO wrote ~45). LoRA itself can still lean to one user type (run 12).
 
 The reference policy π_ref of DPO is the same network with LoRA and FiLM switched off (no copy of
 the weights). The DPO loss compares sequence log-probs summed over the response tokens only; an
