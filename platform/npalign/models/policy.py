@@ -147,7 +147,7 @@ class SteerablePolicy(nn.Module):
     ) -> torch.Tensor:
         """z = μ(C) − μ(∅), the mean of q(z | context) measured from the empty context's, from
         embeddings of the context pairs: (batch, m, dim) ×2, mask (batch, m) → (batch, latent).
-        An empty context gives z = 0 exactly: FiLM off, the pooled policy."""
+        An empty context gives z = 0 exactly: FiLM is the identity, the policy base + LoRA."""
         # The empty context rides along as one more row of the same call: under ZeRO-3 the
         # encoder's parameters are gathered only inside its forward.
         chosen, rejected, mask = (
