@@ -45,6 +45,19 @@ def test_paired_episodes_score_every_user_on_the_same_targets():
         sample_episodes(small_table(rows=200), 10, 0, 5, 3, seed=0, paired=True)
 
 
+def test_empty_context_share_empties_whole_groups():
+    pairs = small_table(rows=200)
+    pairs.pair_id = np.array([f"p{i // 2}" for i in range(200)], dtype=object)
+    sizes = [len(c) for c in context_rows(sample_episodes(pairs, 400, 1, 10, 3, 0, paired=True))]
+    assert min(sizes) == 1, "min_context 1 alone gives no empty context"
+    episodes = sample_episodes(pairs, 400, 1, 10, 3, seed=0, paired=True, empty_share=0.5)
+    sizes = np.array([len(c) for c in context_rows(episodes)]).reshape(200, 2)
+    empty = sizes == 0
+    assert (empty[:, 0] == empty[:, 1]).all(), "both users of a group, or neither"
+    assert 0.4 < empty[:, 0].mean() < 0.6
+    assert (sizes[~empty] >= 1).all()
+
+
 def test_context_larger_than_a_users_pairs_is_a_clear_error():
     pairs = small_table(rows=20)  # 10 pairs per user
     with pytest.raises(PreferenceDataError, match=r"user 'u0' has 10 pairs.*max_context \(5\)"):

@@ -140,6 +140,13 @@ class DataConfig(Strict):
         False,
         description="train and val episodes in groups, one per user, on the same target pairs",
     )
+    empty_context_share: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="train and val episodes (groups, when paired) given no context on top of "
+        "the m = 0 that U{min_context..max_context} draws",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

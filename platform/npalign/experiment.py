@@ -80,6 +80,7 @@ def sample_train_val(data: DataConfig, pairs: dict[str, PairTable]) -> dict[str,
             seed,
             f"{split} split",
             data.paired_targets,
+            data.empty_context_share,
         )
         for split, num, seed in (
             ("train", data.train_episodes, data.seed),

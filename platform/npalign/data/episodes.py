@@ -29,6 +29,7 @@ def sample_episodes(
     seed: int,
     source: str = "<pairs>",
     paired: bool = False,
+    empty_share: float = 0.0,
 ) -> pa.Table:
     """Draw episodes: a user uniformly, m ~ U{min_context..max_context} per episode, then m + n
     distinct rows of that user; the first m are the context, the other n the targets.
@@ -38,7 +39,12 @@ def sample_episodes(
     user's own. Where the users label a pair differently, the part of the loss gradient that
     ignores the user cancels within the group, so a batch of a few episodes carries mostly how
     users differ: the signal that teaches a policy to read z. Needs pairs labelled by every
-    user (as in the synthetic and steer tasks)."""
+    user (as in the synthetic and steer tasks).
+
+    `empty_share`: each episode (each group, when paired) has an empty context with this
+    probability, whatever m was drawn. A paired group with no context is the pooled preference
+    on disputed pairs (the users' losses pull the no-context margin to 0), so it anchors what a
+    policy does for a user nobody knows."""
     rng = np.random.default_rng(seed)
     users, inverse = np.unique(pairs.user.astype(str), return_inverse=True)
     rows_of_user = [np.flatnonzero(inverse == u) for u in range(len(users))]
@@ -51,19 +57,22 @@ def sample_episodes(
                 "distinct pairs; lower max_context or num_targets"
             )
     if paired:
-        episode_user, shared_target = _paired_targets(
+        episode_user, target = _paired_targets(
             pairs, rows_of_user, num_episodes, num_targets, rng, source
         )
     else:
         episode_user = rng.integers(0, len(users), size=num_episodes)
+        target = np.empty((num_episodes, num_targets), dtype=np.int64)
     sizes = rng.integers(min_context, max_context + 1, size=num_episodes)
+    if empty_share > 0:  # drawn only when asked, so other configs keep their episodes
+        group = len(users) if paired else 1
+        empty = rng.random(-(-num_episodes // group)) < empty_share
+        sizes[np.repeat(empty, group)[:num_episodes]] = 0
     width = max(1, max_context)  # keep a real axis even when every context is empty
     context = np.full((num_episodes, width), PADDING, dtype=np.int64)
-    target = np.empty((num_episodes, num_targets), dtype=np.int64)
     for i, (u, m) in enumerate(zip(episode_user, sizes, strict=True)):
         rows = rows_of_user[u]
         if paired:
-            target[i] = shared_target[i]
             free = rows[~np.isin(rows, target[i])]
             context[i, :m] = free[rng.choice(len(free), size=m, replace=False)]
         else:
