@@ -175,3 +175,19 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
     assert (run.folder / "implicit_accuracy.png").exists()
     for m in (0, 3):
         assert 0 <= npdpo["average"][m]["mean"] <= 100
+
+
+def test_a_bar_closed_twice_leaves_no_ghost_after_the_fit():
+    from ray.experimental import tqdm_ray
+
+    from npalign.train.loop import close_worker_bars
+
+    manager = tqdm_ray.instance()
+    worker = {"__magic_token__": tqdm_ray.RAY_TQDM_MAGIC, "ip": manager.ip, "pid": -1, "pos": 0}
+    state = {**worker, "x": 4, "total": 4, "desc": "epoch 1/1", "unit": "it", "uuid": "u1"}
+    manager.process_state_update({**state, "closed": False})
+    manager.process_state_update({**state, "closed": True})
+    manager.process_state_update({**state, "closed": True})  # the same line, delivered again
+    assert any(k[1] == -1 for k in manager.bar_groups), "the second copy re-creates the bar"
+    close_worker_bars()
+    assert not any(k[1] == -1 for k in manager.bar_groups)

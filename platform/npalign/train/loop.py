@@ -22,6 +22,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.experimental import tqdm_ray
 from ray.experimental.tqdm_ray import tqdm
 from torch import nn
 
@@ -242,4 +243,22 @@ def fit_task(
         },
     )
     log.info("training %s on %d workers (ZeRO-%d)", name, train.num_workers, train.zero_stage)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        close_worker_bars()
+
+
+def close_worker_bars() -> None:
+    """Close the progress bars that workers left open in this driver. Ray 2.60 can hand the
+    driver a worker's output line twice (seen here with a plain print); when the second copy of
+    a bar's closing state arrives, tqdm_ray re-creates the bar, full and never closed, and
+    redraws it with its clock running above every later log line of the job. Once a fit has
+    returned no worker bar is live, so any left is such a ghost."""
+    manager = getattr(tqdm_ray, "_manager", None)  # None: no bar ever reached this process
+    if manager is None:
+        return
+    with manager.lock:
+        for key in [k for k in manager.bar_groups if k[1] != manager.pid]:
+            for bar in manager.bar_groups.pop(key).bars_by_uuid.values():
+                bar.close()
