@@ -50,7 +50,7 @@ def test_empty_context_share_empties_whole_groups():
     pairs.pair_id = np.array([f"p{i // 2}" for i in range(200)], dtype=object)
     sizes = [len(c) for c in context_rows(sample_episodes(pairs, 400, 1, 10, 3, 0, paired=True))]
     assert min(sizes) == 1, "min_context 1 alone gives no empty context"
-    episodes = sample_episodes(pairs, 400, 1, 10, 3, seed=0, paired=True, empty_share=0.5)
+    episodes = sample_episodes(pairs, 400, 1, 10, 3, seed=0, paired=True, empty_context_share=0.5)
     sizes = np.array([len(c) for c in context_rows(episodes)]).reshape(200, 2)
     empty = sizes == 0
     assert (empty[:, 0] == empty[:, 1]).all(), "both users of a group, or neither"

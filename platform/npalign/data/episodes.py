@@ -29,7 +29,7 @@ def sample_episodes(
     seed: int,
     source: str = "<pairs>",
     paired: bool = False,
-    empty_share: float = 0.0,
+    empty_context_share: float = 0.0,
 ) -> pa.Table:
     """Draw episodes: a user uniformly, m ~ U{min_context..max_context} per episode, then m + n
     distinct rows of that user; the first m are the context, the other n the targets.
@@ -41,7 +41,7 @@ def sample_episodes(
     users differ: the signal that teaches a policy to read z. Needs pairs labelled by every
     user (as in the synthetic and steer tasks).
 
-    `empty_share`: each episode (each group, when paired) has an empty context with this
+    `empty_context_share`: each episode (each group, when paired) has an empty context with this
     probability, whatever m was drawn. A paired group with no context is the pooled preference
     on disputed pairs (the users' losses pull the no-context margin to 0), so it anchors what a
     policy does for a user nobody knows."""
@@ -64,9 +64,9 @@ def sample_episodes(
         episode_user = rng.integers(0, len(users), size=num_episodes)
         target = np.empty((num_episodes, num_targets), dtype=np.int64)
     sizes = rng.integers(min_context, max_context + 1, size=num_episodes)
-    if empty_share > 0:  # drawn only when asked, so other configs keep their episodes
+    if empty_context_share > 0:  # drawn only when asked, so other configs keep their episodes
         group = len(users) if paired else 1
-        empty = rng.random(-(-num_episodes // group)) < empty_share
+        empty = rng.random(-(-num_episodes // group)) < empty_context_share
         sizes[np.repeat(empty, group)[:num_episodes]] = 0
     width = max(1, max_context)  # keep a real axis even when every context is empty
     context = np.full((num_episodes, width), PADDING, dtype=np.int64)

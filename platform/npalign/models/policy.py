@@ -8,7 +8,8 @@ FiLM is exactly the identity with no context (and at initialisation, W = V = 0):
 knows anything about gets base + LoRA alone, the part every user's episodes train, and context
 moves the policy away from there. A bias, or an uncentred z, would be a user-blind shift, LoRA's
 job (runs 6–10 in benchmarks/RESULTS.md: the no-context latent wrote ~90 looping words where
-pooled DPO wrote ~45). LoRA itself can still lean to one user type (run 12).
+pooled DPO wrote ~45). LoRA itself can still lean to one user type (runs 12, 14) unless
+training also holds episodes without context (`data.empty_context_share`, runs 15–17).
 
 The reference policy π_ref of DPO is the same network with LoRA and FiLM switched off (no copy of
 the weights). The DPO loss compares sequence log-probs summed over the response tokens only; an
