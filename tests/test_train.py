@@ -191,3 +191,32 @@ def test_a_bar_closed_twice_leaves_no_ghost_after_the_fit():
     assert any(k[1] == -1 for k in manager.bar_groups), "the second copy re-creates the bar"
     close_worker_bars()
     assert not any(k[1] == -1 for k in manager.bar_groups)
+
+
+def test_cpu_training_flushes_subnormal_floats_to_zero():
+    import torch
+
+    from npalign.train.loop import flush_denormals
+
+    subnormal = torch.tensor([1e-40])  # below float32's smallest normal number, 1.2e-38
+    assert (subnormal * 1.0).item() != 0, "kept by default: the slow path the loop avoids"
+    try:
+        assert flush_denormals(torch.device("cpu"))
+        assert (subnormal * 1.0).item() == 0
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_micro_batches_slice_chunks_in_order_and_drop_only_the_last_part(ray_cluster):
+    import pyarrow as pa
+    import ray.data
+
+    from npalign.train.loop import MICRO_BATCHES_PER_CHUNK, micro_batches
+
+    rows = 2 * MICRO_BATCHES_PER_CHUNK + 5  # a full chunk, then a chunk of 5 rows
+    dataset = ray.data.from_arrow(pa.table({"episode": list(range(rows))}))
+    kept = [b["episode"].to_pylist() for b in micro_batches(dataset, 2, drop_last=True)]
+    assert [len(b) for b in kept] == [2] * (MICRO_BATCHES_PER_CHUNK + 2)
+    assert sum(kept, []) == list(range(rows - 1))
+    every = [b["episode"].to_pylist() for b in micro_batches(dataset, 2, drop_last=False)]
+    assert sum(every, []) == list(range(rows)) and len(every[-1]) == 1
