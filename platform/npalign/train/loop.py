@@ -66,7 +66,7 @@ def cosine_schedule(total_steps: int):
 
 def flush_denormals(device: torch.device) -> bool:
     """On CPU, flush subnormal floats to zero in this thread. After a few hundred steps NP-BTL's
-    backward produces subnormal values (saturating sigmoids), and x86 CPUs compute on them so
+    backward produces subnormal values (where from, not traced), and x86 CPUs compute on them so
     slowly that a step takes about twice as long as at the start; they are below 1e-38, too
     small to change a gradient. GPUs handle them at full speed, so nothing changes there.
     True if set."""
