@@ -40,7 +40,7 @@ format: setup
 test: lint
 	$(BIN)/python -m pytest -q --durations=15
 
-# TRL is a benchmark-only dependency (steer_policy.py compares our DPO step with its DPOTrainer).
+# TRL is a benchmark-only dependency (policy_cost.py compares our DPO step with its DPOTrainer).
 bench-deps: setup
 	$(BIN)/pip install -q trl==1.16.0
 
@@ -50,6 +50,7 @@ bench: bench-deps
 	$(BIN)/python benchmarks/embedding_throughput.py --out benchmarks/embedding_throughput.json
 	$(BIN)/python benchmarks/steer_reward.py --out benchmarks/steer_reward.json
 	$(BIN)/python benchmarks/steer_policy.py --out benchmarks/steer_policy.json
+	$(BIN)/python benchmarks/policy_cost.py --out benchmarks/policy_cost.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from npalign.config import RewardJobConfig, load_config
-from npalign.experiment import RewardRun, run_reward_experiment
 from npalign.files import write_json
+from npalign.recipes.outline import Run, run_recipe
+from npalign.recipes.reward import REWARD
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class Bench:
     config: RewardJobConfig
-    run: RewardRun
+    run: Run
     minutes: float
     out: str | None
 
@@ -36,7 +37,7 @@ def run_benchmark(doc: str, default_config: str, name: str) -> Bench:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = load_config(args.config, [f"run.name={name}", *args.overrides])
     start = time.perf_counter()
-    run = run_reward_experiment(config)
+    run = run_recipe(config, REWARD)
     return Bench(config, run, (time.perf_counter() - start) / 60, args.out)
 
 

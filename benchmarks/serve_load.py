@@ -239,7 +239,7 @@ def plot(levels: list[dict], unbatched: dict, scaling: dict, path: Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from npalign.evaluate import save_plot
+    from npalign.evaluation.accuracy import save_plot
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     clients = [r["clients"] for r in levels]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from reward_bench import run_benchmark, write_results
 
-from npalign.evaluate import format_table
+from npalign.evaluation.accuracy import format_table
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from npalign.config import SteerConfig
 from npalign.data.steer import build_steer
 from npalign.data.text import read_text_splits
-from npalign.generation import Choice, embed_choices, generate, user_latents
+from npalign.inference import Choice, embed_choices, generate, user_latents
 from npalign.models.policy import load_policy
 
 

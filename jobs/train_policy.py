@@ -6,9 +6,13 @@
 
 The policy is an HF causal LM (policy.base: 'smollm2', the packaged SmolLM2-135M-Instruct, or
 any name or path) with LoRA and a FiLM layer after every block, conditioned on z from the user's
-context pairs; DPO against the same network with LoRA and FiLM off. Overrides, e.g.:
+context pairs; DPO against the same network with LoRA and FiLM off. With `policy.encoder_job`
+(configs/steer_policy.yaml names configs/steer_encoder.yaml) an NP-BTL is trained on the same
+pairs first and starts z's encoder. Overrides, e.g.:
   models=[npdpo,dpo,oracle] policy.beta=0.1 policy.num_layers=4 train.zero_stage=3
-  policy.encoder_init=RUN/checkpoints/npbtl/checkpoint_...   (start z's encoder from NP-BTL)
+  policy.encoder_init=RUN/checkpoints/npbtl/checkpoint_...   (an NP-BTL trained before)
+`models` holds registered policies and `oracle` (one DPO per user type); `data.source` a
+registered text source:
 
 Prints the implicit-reward accuracy per user type vs context size (targets never in the context)
 and the run folder holding metrics.json, table.txt, implicit_accuracy.png and the checkpoints
@@ -19,13 +23,15 @@ from __future__ import annotations
 
 import sys
 
-from npalign.cli import run_job
-from npalign.config import PolicyJobConfig
-from npalign.policy_experiment import run_policy_experiment
+from npalign.cli import registered, run_job
+from npalign.recipes.outline import run_recipe
+from npalign.recipes.policy import POLICY
+from npalign.registry import DATA_SOURCES, POLICY_MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job(__doc__, argv, PolicyJobConfig, run_policy_experiment)
+    doc = f"{__doc__}\n{registered(POLICY_MODELS, DATA_SOURCES)}"
+    return run_job(doc, argv, POLICY.schema, lambda job: run_recipe(job, POLICY))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 Overrides use dotted keys into the config, e.g.:
   models=[npbtl] train.epochs=1 train.zero_stage=3 model.aggregation=attention
   data.source=parquet data.path=/data/prefs   (a folder with train/val/test.parquet)
+`models` holds registered reward models and `oracle` (one BTL per user type); `data.source` a
+registered data source:
 
 Prints the accuracy-vs-context table and the run folder holding metrics.json, table.txt,
 accuracy.png and the checkpoints.
@@ -16,13 +18,15 @@ from __future__ import annotations
 
 import sys
 
-from npalign.cli import run_job
-from npalign.config import RewardJobConfig
-from npalign.experiment import run_reward_experiment
+from npalign.cli import registered, run_job
+from npalign.recipes.outline import run_recipe
+from npalign.recipes.reward import REWARD
+from npalign.registry import DATA_SOURCES, REWARD_MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job(__doc__, argv, RewardJobConfig, run_reward_experiment)
+    doc = f"{__doc__}\n{registered(REWARD_MODELS, DATA_SOURCES)}"
+    return run_job(doc, argv, REWARD.schema, lambda job: run_recipe(job, REWARD))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_collate_pads_and_orders_chosen_first():
 
 
 def test_evaluation_scores_the_same_users_and_targets_at_every_context_size():
-    from npalign.evaluate import evaluation_episodes
+    from npalign.evaluation.accuracy import evaluation_episodes
 
     pairs = small_table(rows=200)
     by_m = evaluation_episodes(pairs, [0, 1, 3, 10], 50, 5, seed=1)

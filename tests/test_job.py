@@ -1,6 +1,7 @@
 """Bad input to the main job: one clear error, exit code 2, and no run folder left behind."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_job(name):
-    """A script of jobs/ as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"jobs/{name}.py")
+    """A script of jobs/ as a module (registered, as an import would: dataclasses need it)."""
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", ROOT / f"jobs/{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -115,7 +117,7 @@ def test_policy_job_refuses_synthetic_data(tmp_path, capsys):
         [f"run.output_dir={tmp_path / 'runs'}", "data.source=synthetic"]
     )
     assert code == 2
-    assert "data.source must be 'steer' or 'text'" in capsys.readouterr().err
+    assert "data.source must be one of ['text', 'steer']" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

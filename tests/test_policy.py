@@ -225,7 +225,7 @@ def smol_checkpoint(tmp_path_factory):
 
 
 def test_generate_for_users_given_their_choices(smol_checkpoint):
-    from npalign.generation import Choice, embed_choices, generate, user_latents
+    from npalign.inference import Choice, embed_choices, generate, user_latents
 
     concise = [Choice("What happened?", "A fire.", "A large fire broke out near the town today.")]
     contexts = embed_choices(smol_checkpoint, [concise, []])
@@ -245,7 +245,7 @@ def test_generate_for_users_given_their_choices(smol_checkpoint):
 
 
 def test_generate_rejects_bad_input_clearly(smol_checkpoint):
-    from npalign.generation import ContextEmbeddings, generate, user_latents
+    from npalign.inference import ContextEmbeddings, generate, user_latents
 
     wrong = ContextEmbeddings(np.zeros((2, 128), np.float32), np.zeros((2, 128), np.float32))
     with pytest.raises(
@@ -262,7 +262,7 @@ def test_cached_reference_logprobs_change_no_score(policy_and_base):
     from npalign.data.episodes import sample_episodes
     from npalign.data.preferences import PairTable
     from npalign.data.sequences import TokenizedPairs
-    from npalign.policy_experiment import implicit_reward_accuracy
+    from npalign.evaluation.policy import implicit_reward_accuracy
 
     policy, *_ = policy_and_base
     perturb(policy)

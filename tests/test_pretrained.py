@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from npalign.models.pretrained import model_path
+from npalign.pretrained import model_path
 
 
 def test_smollm2_converts_once_and_answers():

@@ -99,7 +99,9 @@ def test_add_choices_then_generate_by_user_id_and_delete(endpoint):
 
 
 def test_the_demo_asks_for_two_users_in_one_go(endpoint):
-    from npalign.demo import ask_endpoint
+    from test_job import load_job
+
+    ask_endpoint = load_job("demo").ask_endpoint
 
     url, _ = endpoint
     users = {"concise-demo": CHOICES, "detailed-demo": CHOICES[::-1]}

@@ -71,12 +71,11 @@ def test_build_is_cached_and_split_by_prompt():
     assert build_steer(SteerConfig(stories=40, pairs_per_prompt=5)) != folder
 
 
-def test_demo_users_hold_their_own_types_choices_on_other_prompts():
-    from npalign.config import PolicyJobConfig
-    from npalign.data.steer import SCORERS
-    from npalign.demo import steer_users
+def test_simulated_users_hold_their_own_types_choices_on_other_prompts():
+    from npalign.data.steer import SCORERS, simulated_users
 
-    prompt, users = steer_users(PolicyJobConfig(), context_pairs=4, seed=0)
+    test = read_text_splits(build_steer(SteerConfig()))["test"]
+    prompt, users = simulated_users(test, context_pairs=4, seed=0)
     assert set(users) == {"concise", "detailed"}
     for user_type, choices in users.items():
         assert len(choices) == 4 and all(c["prompt"] != prompt for c in choices)

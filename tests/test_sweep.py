@@ -81,9 +81,9 @@ def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_de
     """One 2-trial sweep covers both: driven by tune/sweep_reward.py in its own
     process, Ctrl-C'd after its first finished trial, resumed here, then its chosen config is
     compared on the test split with the default one, which is the sweep's first trial."""
-    from npalign.evaluate import evaluate_reward_model
-    from npalign.experiment import load_pairs
+    from npalign.evaluation.accuracy import evaluate_reward_model
     from npalign.models.reward import load_reward_model
+    from npalign.recipes.reward import REWARD
     from npalign.sweep import resume_sweep, trial_config
 
     command = [
@@ -138,7 +138,7 @@ def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_de
     default = trial_config(*base_and_sweep(tmp_path), {})
     (default_trial,) = [r for r in run.rows if r["data.max_context"] == default.data.max_context]
     assert default_trial["status"] == "finished", run.rows
-    pairs = load_pairs(default)
+    pairs = REWARD.load(default).pairs
     sweep_settings = load_config(folder / "sweep.yaml", schema=SweepConfig).eval
     settings = sweep_settings.model_copy(update={"context_sizes": [5], "num_episodes": 1000})
 

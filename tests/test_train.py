@@ -102,7 +102,8 @@ def test_failure_after_first_checkpoint_resumes_with_zero3(ray_cluster, tmp_path
 
 
 def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_path):
-    from npalign.experiment import run_reward_experiment
+    from npalign.recipes.outline import run_recipe
+    from npalign.recipes.reward import REWARD
 
     config = load_config(
         ROOT / "configs/steer.yaml",
@@ -120,7 +121,7 @@ def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_p
             "eval.num_episodes=100",
         ],
     )
-    run = run_reward_experiment(config)
+    run = run_recipe(config, REWARD)
     oracle = run.results["oracle"]
     assert sorted(oracle["by_type"]) == ["concise", "detailed"]
     # every pair is one the types disagree on: a BTL fitted to one type's labels must beat
@@ -135,7 +136,8 @@ def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_p
 
 def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
     from npalign.config import PolicyJobConfig
-    from npalign.policy_experiment import run_policy_experiment
+    from npalign.recipes.outline import run_recipe
+    from npalign.recipes.policy import POLICY
 
     job = load_config(
         ROOT / "configs/steer_policy.yaml",
@@ -152,6 +154,7 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
             "policy.lora_rank=8",
             "policy.max_response_tokens=24",
             "policy.sft_weight=0",  # the training loss is then the DPO loss alone
+            "policy.encoder_job=null",  # z's encoder from scratch: no NP-BTL fit first
             "models=[npdpo]",
             "train.epochs=2",
             "train.lr=1e-3",
@@ -160,7 +163,7 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
         ],
         PolicyJobConfig,
     )
-    run = run_policy_experiment(job)
+    run = run_recipe(job, POLICY)
     npdpo = run.results["npdpo"]
     states = [
         json.loads((c / "train_state.json").read_text())

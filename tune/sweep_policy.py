@@ -6,8 +6,8 @@
       python tune/sweep_policy.py --config configs/sweep_policy.yaml output_dir=/abs/runs
 
 The sweep config names a base policy job config (`base`, e.g. configs/steer_policy.yaml), the
-policy to tune (`model`: npdpo or dpo) and a search space over any job field by dotted key, each
-dimension one of grid / choice / uniform / loguniform / randint:
+policy to tune (`model`: a registered policy, listed below) and a search space over any job
+field by dotted key, each dimension one of grid / choice / uniform / loguniform / randint:
 
   space:
     policy.latent_dim: {grid: [16, 64]}
@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import sys
 
-from npalign.cli import run_sweep_job
+from npalign.cli import registered, run_sweep_job
+from npalign.registry import POLICY_MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_sweep_job(__doc__, argv, ("npdpo", "dpo"))
+    return run_sweep_job(f"{__doc__}\n{registered(POLICY_MODELS)}", argv, POLICY_MODELS)
 
 
 if __name__ == "__main__":

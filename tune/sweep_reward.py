@@ -6,8 +6,8 @@
       python tune/sweep_reward.py --config configs/sweep_synthetic.yaml
 
 The sweep config names a base job config (`base`, e.g. configs/synthetic.yaml), the reward model
-to tune (`model`) and a search space over any job field by dotted key, each dimension one of
-grid / choice / uniform / loguniform / randint:
+to tune (`model`: a registered reward model, listed below) and a search space over any job
+field by dotted key, each dimension one of grid / choice / uniform / loguniform / randint:
 
   space:
     data.max_context: {grid: [2, 10]}
@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import sys
 
-from npalign.cli import run_sweep_job
-from npalign.config import REWARD_MODELS
+from npalign.cli import registered, run_sweep_job
+from npalign.registry import REWARD_MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_sweep_job(__doc__, argv, REWARD_MODELS)
+    return run_sweep_job(f"{__doc__}\n{registered(REWARD_MODELS)}", argv, REWARD_MODELS)
 
 
 if __name__ == "__main__":

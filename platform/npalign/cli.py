@@ -1,5 +1,10 @@
-"""The command line shared by the jobs: `--config FILE key=value ...`, one clear error and exit
-code 2 for bad input, the results table and the run folder printed at the end."""
+"""The command line shared by the entrypoints (jobs/, tune/): `--config FILE key=value ...`, one
+clear error and exit code 2 for bad input, the results table and the run folder printed at the
+end.
+
+Nothing here or in the library initialises Ray: it joins a cluster on first use — the one
+`ray job submit` names in RAY_ADDRESS, else a new local one — so a bad config or bad data fails
+before any cluster starts, and a notebook or test that initialised Ray its own way keeps it."""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from npalign.config import ConfigError, load_config
 from npalign.data.preferences import PreferenceDataError
+from npalign.registry import Registry
 
 T = TypeVar("T")
 
@@ -20,6 +27,11 @@ def job_parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+def registered(*registries: Registry) -> str:
+    """What the registries hold, for an entrypoint's --help."""
+    return "\n".join(f"registered {r.family} names: {', '.join(r.names())}" for r in registries)
 
 
 def run_checked(run: Callable[[], T]) -> T | None:
@@ -34,25 +46,24 @@ def run_checked(run: Callable[[], T]) -> T | None:
 
 
 def run_job(doc: str, argv: list[str] | None, schema: type, run: Callable[[Any], Any]) -> int:
-    """Parse, validate into `schema`, call `run(config)` (which returns an object with `.table`
-    and `.folder`) and report."""
+    """Parse, validate into `schema`, call `run(config)` (which returns a recipe's Run) and print
+    its tables and folder."""
     parser = job_parser(doc)
     parser.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4")
     args = parser.parse_args(argv)
+
     result = run_checked(lambda: run(load_config(args.config, args.overrides, schema)))
     if result is None:
         return 2
-    print(result.table)
+    print(result.report)
     print(f"run folder: {result.folder}")
     return 0
 
 
-def run_sweep_job(doc: str, argv: list[str] | None, models: tuple[str, ...]) -> int:
+def run_sweep_job(doc: str, argv: list[str] | None, models: Registry) -> int:
     """The sweep entrypoints: `--config SWEEP.yaml [key=value ...]` or `--resume FOLDER`; the
     sweep's `model` must be one of `models` (the reward or the policy family)."""
-    from pathlib import Path
-
     from npalign.config import SweepConfig
     from npalign.sweep import resume_sweep, run_sweep
 
@@ -70,7 +81,7 @@ def run_sweep_job(doc: str, argv: list[str] | None, models: tuple[str, ...]) -> 
         if sweep.model not in models:
             raise ConfigError(
                 f"{args.config}: model {sweep.model!r} is not swept here (this entrypoint sweeps "
-                f"{', '.join(models)})"
+                f"the {models.family}s {', '.join(models.names())})"
             )
         return run_sweep(sweep)
 

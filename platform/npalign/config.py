@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from npalign.registry import DATA_SOURCES, POLICY_MODELS, REWARD_MODELS
 
 
 class Strict(BaseModel):
@@ -122,10 +124,9 @@ class EmbedConfig(Strict):
 
 
 class DataConfig(Strict):
-    # synthetic: the paper's §5.1 task. parquet: a folder of preference tables with features.
-    # text: a folder of text preference tables, embedded with `embed`. steer: the embedded
-    # default text task, built (and cached) from `steer`, then embedded.
-    source: Literal["synthetic", "parquet", "text", "steer"] = "synthetic"
+    source: str = Field(
+        "synthetic", description="a registered data source (npalign.data.sources: DATA_SOURCES)"
+    )
     synthetic: SyntheticConfig = SyntheticConfig()
     steer: SteerConfig = SteerConfig()
     embed: EmbedConfig = EmbedConfig()
@@ -149,20 +150,33 @@ class DataConfig(Strict):
     )
     seed: int = 0
 
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return DATA_SOURCES.check(name)
+
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.min_context > self.max_context:
             raise ValueError(
                 f"min_context ({self.min_context}) must be <= max_context ({self.max_context})"
             )
-        if self.source in ("parquet", "text") and not self.path:
+        if DATA_SOURCES[self.source].needs_path and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         return self
 
 
-# oracle: one BTL per user type, trained and scored on that type's labels only (an upper bound
-# for a context-blind model that knows the type).
-ModelKind = Literal["btl", "dpl", "npbtl", "oracle"]
+# Besides the registered models, a job's `models` may hold "oracle": one model per user type
+# (the recipe's context-blind model: BTL or DPO), trained and scored on that type's labels
+# only, an upper bound for a context-blind model that knows the type.
+ORACLE = "oracle"
+
+
+def registered_models(names: list[str], registry) -> list[str]:
+    for name in names:
+        if name != ORACLE:
+            registry.check(name)
+    return names
 
 
 class ModelConfig(Strict):
@@ -208,11 +222,18 @@ class RunSettings(Strict):
 
 class RewardJobConfig(Strict):
     run: RunSettings = RunSettings()
-    data: DataConfig = DataConfig()
-    models: list[ModelKind] = Field(["btl", "dpl", "npbtl"], min_length=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: list[str] = Field(
+        ["btl", "dpl", "npbtl"], min_length=1, description="registered reward models or oracle"
+    )
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _registered(cls, names: list[str]) -> list[str]:
+        return registered_models(names, REWARD_MODELS)
 
 
 class PolicyConfig(Strict):
@@ -234,6 +255,11 @@ class PolicyConfig(Strict):
     encoder_init: str | None = Field(
         None, description="an NP-BTL checkpoint folder whose context encoder initialises ours"
     )
+    encoder_job: str | None = Field(
+        None,
+        description="a reward job YAML (configs/steer_encoder.yaml): without encoder_init, its "
+        "NP-BTL is trained first on the policy's data and starts z's encoder",
+    )
     # At identity initialisation FiLM's and the encoder's gradients start tiny: a higher rate.
     latent_lr: float = Field(1e-3, gt=0, description="learning rate of the encoder and FiLM")
     beta: float = Field(0.05, gt=0, description="DPO β")
@@ -247,18 +273,28 @@ class PolicyConfig(Strict):
     max_response_tokens: int = Field(160, gt=0, description="longer responses are cut")
 
 
-# npdpo: conditioned on z. dpo: the same network without z, on every user's labels (pooled).
-# oracle: one plain DPO per user type, on that type's labels only.
-PolicyKind = Literal["npdpo", "dpo", "oracle"]
-
-
 class PolicyJobConfig(Strict):
     run: RunSettings = RunSettings(name="policy")
-    data: DataConfig = DataConfig(source="steer")
-    models: list[PolicyKind] = Field(["npdpo"], min_length=1)
+    data: DataConfig = Field(default_factory=lambda: DataConfig(source="steer"))
+    models: list[str] = Field(["npdpo"], min_length=1, description="registered policies or oracle")
     policy: PolicyConfig = PolicyConfig()
     train: TrainConfig = TrainConfig(lr=1e-4, batch_size=4, epochs=1)
     eval: EvalConfig = EvalConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _registered(cls, names: list[str]) -> list[str]:
+        return registered_models(names, POLICY_MODELS)
+
+    @model_validator(mode="after")
+    def _text_data(self) -> PolicyJobConfig:
+        if not DATA_SOURCES[self.data.source].text:
+            text = [name for name in DATA_SOURCES if DATA_SOURCES[name].text]
+            raise ValueError(
+                f"the policy trains on text: data.source must be one of {text}, "
+                f"not {self.data.source!r}"
+            )
+        return self
 
 
 class SearchDim(Strict):
@@ -288,18 +324,16 @@ class SearchDim(Strict):
 DATA_FIELDS = ("data.source", "data.path", "data.synthetic", "data.steer", "data.embed")
 
 
-REWARD_MODELS = ("btl", "dpl", "npbtl")
-
-
 class SweepConfig(Strict):
-    """A Ray Tune sweep: each trial is `jobs/train_reward.py` (model btl, dpl or npbtl) or
-    `jobs/train_policy.py` (npdpo or dpo) with the base config plus one point of the space."""
+    """A Ray Tune sweep: each trial is `jobs/train_reward.py` (a registered reward model) or
+    `jobs/train_policy.py` (a registered policy) with the base config plus one point of the
+    space."""
 
     name: str = "sweep"
     output_dir: str = "runs"
     base: str = Field(..., description="the job config every trial starts from")
     overrides: list[str] = Field([], description="key=value applied to `base` before the space")
-    model: Literal["btl", "dpl", "npbtl", "npdpo", "dpo"] = Field(
+    model: str = Field(
         "npbtl", description="the one model each trial trains (the base config's `models`)"
     )
     space: dict[str, SearchDim] = Field(..., min_length=1, description="dotted job key → dim")
@@ -313,6 +347,16 @@ class SweepConfig(Strict):
     trial_cpus: float = Field(0.1, gt=0, description="the trial's driver; workers: train.*")
     best_few: int = Field(3, gt=0, description="trials drawn in the accuracy-vs-context plot")
     eval: EvalConfig = EvalConfig(num_episodes=500)
+
+    @field_validator("model")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in REWARD_MODELS and name not in POLICY_MODELS:
+            raise ValueError(
+                f"unknown model {name!r}: reward models {REWARD_MODELS.names()}, "
+                f"policies {POLICY_MODELS.names()}"
+            )
+        return name
 
     @model_validator(mode="after")
     def _space_keeps_data(self):
@@ -365,6 +409,17 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError(f"override {dotted!r}: {key!r} is a value, not a section")
         node = child
     node[keys[-1]] = value
+
+
+def merge_trees(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s values set, section by section (a new dict; neither is changed)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_trees(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def load_tree(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:

@@ -1,5 +1,6 @@
-"""Atomic file writes (a reader sees the old file or the whole new one, never half of one) and
-the cache folder for things built once and reused (steer task, embeddings, converted models)."""
+"""Atomic file writes (a reader sees the old file or the whole new one, never half of one), the
+cache folder for things built once and reused (steer task, embeddings, converted models), and
+the one way a run folder is made."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,3 +43,10 @@ def cache_dir(*parts: str) -> Path:
     fresh clone reuses what an earlier one built."""
     root = Path(os.environ.get("NPALIGN_CACHE") or Path.home() / ".cache" / "npalign")
     return root.joinpath(*parts)
+
+
+def new_run_folder(output_dir: str | Path, name: str) -> Path:
+    """output_dir/<name>-<timestamp>, created now; never an existing folder."""
+    folder = Path(output_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=False)
+    return folder

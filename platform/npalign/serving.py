@@ -32,13 +32,15 @@ from ray import serve
 
 from npalign.config import ServeConfig
 from npalign.files import cache_dir
-from npalign.generation import (
+from npalign.inference import (
     Choice,
     ContextEmbeddings,
+    check_reward_model,
     embed_choices,
     embed_responses,
     generate,
     user_latents,
+    user_rewards,
 )
 
 
@@ -158,14 +160,8 @@ class SteerableEndpoint:
         torch.set_num_threads(self.config.threads_per_replica)
         self.policy = load_policy(Path(self.config.policy))
         self.reward = load_reward_model(self.config.reward) if self.config.reward else None
-        if self.reward is not None and (
-            not hasattr(self.reward, "latent")
-            or self.reward.target_encoder[0].in_features != self.policy.feature_dim
-        ):
-            raise ValueError(
-                f"{self.config.reward}: scoring needs an NP-BTL reward model trained on the "
-                f"policy's embedding setting ({self.policy.feature_dim} features)"
-            )
+        if self.reward is not None:
+            check_reward_model(self.reward, self.policy.feature_dim, self.config.reward)
         self.store = SQLiteUserStore(self.config.store or cache_dir("users.db"))
         self.latents: dict[str, tuple[int, torch.Tensor]] = {}  # user → (store version, z)
         batch = self._generate_batch
@@ -253,13 +249,8 @@ class SteerableEndpoint:
             context = self._context(request)
         else:
             _, context = self._stored(request.user_id)
-        with torch.no_grad():
-            mask = torch.ones(1, len(context.chosen), dtype=torch.bool)
-            z = self.reward.latent(
-                torch.as_tensor(context.chosen)[None], torch.as_tensor(context.rejected)[None], mask
-            ).mean
-            options = embed_responses(self.policy, request.prompt, request.responses)
-            scores = self.reward.reward(torch.as_tensor(options)[None], z)[0]
+        options = embed_responses(self.policy, request.prompt, request.responses)
+        scores = user_rewards(self.reward, context, options)
         return ScoreResponse(scores=scores.tolist(), context_pairs=len(context.chosen))
 
     @app.post("/users/{user_id}/choices", response_model=UserSummary)

@@ -1,9 +1,10 @@
 """Ray Tune sweeps of the reward job or the policy job: context sizes, latent and hidden dims,
 learning rate, aggregation, ZeRO stage, DPO β or any other job field, with ASHA early stopping.
 
-Each trial is a function trainable that runs the very Ray Train fit of `jobs/train_reward.py`
-(sweep `model` btl, dpl or npbtl) or `jobs/train_policy.py` (npdpo or dpo) — the Train V2
-pattern: Tune drives a TorchTrainer, `TuneReportCallback` forwards its epoch reports. All
+Each trial is a function trainable that runs the fit of the recipe whose registry holds the
+sweep's `model` (`jobs/train_reward.py`'s or `jobs/train_policy.py`'s) — the Train V2 pattern:
+Tune drives a TorchTrainer, `TuneReportCallback` forwards its epoch reports. A policy sweep whose
+base names `policy.encoder_job` trains that NP-BTL once and starts every trial from it. All
 trials share one dataset and one set of validation episodes (context sizes spanning the sweep's
 evaluation sizes), so their validation losses compare like with like. A trial that finishes
 scores its model on the validation split at each context size (a policy: its implicit-reward
@@ -12,7 +13,9 @@ accuracy). A sweep folder holds:
     trials.csv           every trial: its point of the space, status, last metrics
     best.yaml            the best trial's full job config, ready for its job
     accuracy_vs_context.png   validation accuracy vs m for the best few trials
-    sweep.yaml, base.yaml     the sweep and the base job config it started from
+    sweep.yaml, base.yaml     the sweep and the base job config (validated, overrides and what
+                         the recipe ran first applied)
+    <name>-npbtl-*/      a policy sweep's NP-BTL encoder run
     tune/                Tune's experiment state (`resume_sweep` continues from it)
     trials/<id>/         each trial's episodes, checkpoints and evaluation.json
 """
@@ -30,23 +33,19 @@ from typing import Any
 
 import yaml
 
-from npalign.config import (
-    REWARD_MODELS,
-    PolicyJobConfig,
-    RewardJobConfig,
-    SweepConfig,
-    load_tree,
-    set_dotted,
-    validate_config,
-)
-from npalign.data.preferences import PairTable
-from npalign.files import write_json, write_text
+from npalign.config import RunSettings, SweepConfig, load_tree, set_dotted, validate_config
+from npalign.data.episodes import sample_train_val, write_episodes
+from npalign.files import new_run_folder, write_json, write_text
+from npalign.recipes.outline import Recipe, Splits
+from npalign.recipes.policy import POLICY
+from npalign.recipes.reward import REWARD
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.yaml"
-BASE_FILE = "base.yaml"  # the base job config as loaded, overrides applied
+BASE_FILE = "base.yaml"  # the base job config every trial starts from
 TUNE_DIR = "tune"
+RECIPES = (REWARD, POLICY)
 
 
 @dataclass
@@ -57,63 +56,23 @@ class SweepRun:
     table: str
 
 
-JobConfig = RewardJobConfig | PolicyJobConfig
+def recipe_of(model: str) -> Recipe:
+    """The recipe whose registry holds `model` (SweepConfig checked it is in one)."""
+    return next(recipe for recipe in RECIPES if model in recipe.models)
 
 
-def trial_config(base: dict, sweep: SweepConfig, point: dict[str, Any]) -> JobConfig:
+def trial_config(base: dict, sweep: SweepConfig, point: dict[str, Any]):
     """The base job config (as loaded: a YAML tree) with one point of the space set (point:
-    dotted key → value)."""
+    dotted key → value), validated as the model's recipe's job."""
     tree = copy.deepcopy(base)
     tree["models"] = [sweep.model]
     for key, value in point.items():
         set_dotted(tree, key, value)
     where = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "no overrides"
-    schema = RewardJobConfig if sweep.model in REWARD_MODELS else PolicyJobConfig
-    return validate_config(tree, schema, f"{sweep.base} with {where}")
+    return validate_config(tree, recipe_of(sweep.model).schema, f"{sweep.base} with {where}")
 
 
-# --- what differs between a reward and a policy trial ------------------------------------------
-
-
-def load_data(config: JobConfig) -> tuple[dict[str, PairTable], dict[str, Any]]:
-    """(pairs by split, what the fit needs by split: the pairs, or a policy's pairs + tokens)."""
-    if isinstance(config, RewardJobConfig):
-        from npalign.experiment import load_pairs
-
-        pairs = load_pairs(config)
-        return pairs, pairs
-    from npalign.policy_experiment import policy_data
-
-    data = policy_data(config)
-    return {split: p for split, (p, _) in data.items()}, data
-
-
-def fit_and_score(
-    config: JobConfig, model: str, data: dict, files: dict, trial_dir: Path, evaluation
-) -> tuple[Any, dict]:
-    """The job's Ray Train fit reporting to Tune, then accuracy by context size on the
-    validation split: (Ray Train result, scores)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    callbacks = [TuneReportCallback()]
-    if isinstance(config, RewardJobConfig):
-        from npalign.evaluate import evaluate_reward_model
-        from npalign.models.reward import load_reward_model
-        from npalign.train.reward import fit_reward_model
-
-        result = fit_reward_model(config, model, data, files, trial_dir, "fit", callbacks)
-        trained = load_reward_model(Path(result.checkpoint.path))
-        scores = evaluate_reward_model(trained, data["val"], evaluation, config.data.num_targets)
-        return result, scores
-    from npalign.policy_experiment import evaluate_policy
-    from npalign.train.policy import fit_policy
-
-    result = fit_policy(config, model == "npdpo", data, files, trial_dir, "fit", callbacks)
-    scored = config.model_copy(update={"eval": evaluation})
-    return result, evaluate_policy(scored, Path(result.checkpoint.path), data, split="val")
-
-
-def check_space(base: dict, sweep: SweepConfig) -> JobConfig:
+def check_space(base: dict, sweep: SweepConfig):
     """Every value (or range end) of every dimension must make a valid job config: a typo in a
     key or a wrong type fails here, before any trial runs. Returns the base config."""
     config = trial_config(base, sweep, {})
@@ -145,28 +104,29 @@ def run_trial(
     point: dict[str, Any],
     base: dict,
     sweep: SweepConfig,
-    pairs: dict[str, PairTable],
-    data: dict[str, Any],
+    splits: Splits,
     val_episodes: str,
     folder: str,
 ) -> None:
-    """One trial: the job's Ray Train fit with this point, then validation accuracy by context
-    size (reported last, with the final epoch's metrics)."""
+    """One trial: the recipe's Ray Train fit with this point, reporting each epoch to Tune,
+    then validation accuracy by context size (reported last, with the final epoch's metrics)."""
     import ray.tune
-
-    from npalign.experiment import sample_train_val, write_episodes
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     config = trial_config(base, sweep, point)
+    recipe = recipe_of(sweep.model)
     trial_id = ray.tune.get_context().get_trial_id()
     trial_dir = Path(folder) / "trials" / trial_id
     log.info("trial %s: %s", trial_id, point)
     with open(Path(folder) / "trial_starts.log", "a") as starts:  # one line per (re)start
         starts.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {trial_id}\n")
-    train = sample_train_val(config.data, pairs)["train"]
+    train = sample_train_val(config.data, splits.pairs)["train"]
     files = write_episodes({"train": train}, trial_dir / "episodes")
     files["val"] = Path(val_episodes)
     # Same storage on a restart: the fit resumes from the trial's latest checkpoint.
-    result, scores = fit_and_score(config, sweep.model, data, files, trial_dir, sweep.eval)
+    callbacks = [TuneReportCallback()]
+    result = recipe.fit(config, sweep.model, splits, files, trial_dir, "fit", callbacks)
+    scores = recipe.evaluate(config, Path(result.checkpoint.path), splits, "val", sweep.eval)
     write_json(trial_dir / "evaluation.json", scores)
     accuracy = {f"val_acc_m{m}": s["mean"] for m, s in scores["average"].items()}
     ray.tune.report(
@@ -180,10 +140,8 @@ def _trainable(base: dict, sweep: SweepConfig, folder: Path):
     dataset is rebuilt the same way on resume: it is deterministic)."""
     from ray import tune
 
-    from npalign.experiment import sample_train_val, write_episodes
-
     config = trial_config(base, sweep, {})
-    pairs, data = load_data(config)
+    splits = recipe_of(sweep.model).load(config)
     folder = folder.resolve()  # trials run in their own working directories
     val_file = folder / "episodes" / "val.parquet"
     if not val_file.exists():
@@ -192,13 +150,12 @@ def _trainable(base: dict, sweep: SweepConfig, folder: Path):
         sizes = sweep.eval.context_sizes
         spanning = {"min_context": min(sizes), "max_context": max(sizes)}
         val_data = config.data.model_copy(update=spanning)
-        write_episodes({"val": sample_train_val(val_data, pairs)["val"]}, val_file.parent)
+        write_episodes({"val": sample_train_val(val_data, splits.pairs)["val"]}, val_file.parent)
     trainable = tune.with_parameters(
         run_trial,
         base=base,
         sweep=sweep,
-        pairs=pairs,
-        data=data,
+        splits=splits,
         val_episodes=str(val_file),
         folder=str(folder),
     )
@@ -207,19 +164,20 @@ def _trainable(base: dict, sweep: SweepConfig, folder: Path):
 
 
 def run_sweep(sweep: SweepConfig) -> SweepRun:
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     base = load_tree(sweep.base, sweep.overrides)
     config = check_space(base, sweep)
-    folder = Path(sweep.output_dir) / f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder.mkdir(parents=True, exist_ok=False)
+    folder = new_run_folder(sweep.output_dir, sweep.name)
     write_text(folder / SWEEP_FILE, yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
-    write_text(folder / BASE_FILE, yaml.safe_dump(base, sort_keys=False))
     log.info("sweep folder: %s", folder)
-    if not ray.is_initialized():
-        ray.init()
+    # What the recipe runs first (a policy's NP-BTL encoder) runs once, in the sweep folder, and
+    # every trial starts from it; base.yaml keeps it for a resume.
+    inside = config.model_copy(update={"run": RunSettings(name=sweep.name, output_dir=str(folder))})
+    prepared, _ = recipe_of(sweep.model).prepare(inside)
+    base = {**prepared.model_dump(mode="json"), "run": config.run.model_dump(mode="json")}
+    write_text(folder / BASE_FILE, yaml.safe_dump(base, sort_keys=False))
     mode = "min" if sweep.metric == "val_nll" else "max"
     tuner = tune.Tuner(
         _trainable(base, sweep, folder),
@@ -244,7 +202,6 @@ def run_sweep(sweep: SweepConfig) -> SweepRun:
 def resume_sweep(folder: Path) -> SweepRun:
     """Continue an interrupted sweep: finished trials are kept, the others run (an interrupted
     trial's fit resumes from its latest checkpoint)."""
-    import ray
     from ray import tune
 
     from npalign.config import ConfigError, load_config
@@ -253,8 +210,6 @@ def resume_sweep(folder: Path) -> SweepRun:
         raise ConfigError(f"{folder}: not a sweep folder (no {SWEEP_FILE} or {TUNE_DIR}/)")
     sweep = load_config(folder / SWEEP_FILE, schema=SweepConfig)
     base = load_tree(folder / BASE_FILE)
-    if not ray.is_initialized():
-        ray.init()
     log.info("resuming sweep %s", folder)
     tuner = tune.Tuner.restore(
         str((folder / TUNE_DIR).resolve()),
@@ -265,7 +220,7 @@ def resume_sweep(folder: Path) -> SweepRun:
     return summarize(base, sweep, folder, tuner.fit())
 
 
-def max_epochs(sweep: SweepConfig, base: JobConfig) -> int:
+def max_epochs(sweep: SweepConfig, base) -> int:
     dim = sweep.space.get("train.epochs")
     return max([base.train.epochs, *(dim.values() if dim else [])])
 
@@ -334,7 +289,7 @@ def format_trials(rows: list[dict[str, Any]], sweep: SweepConfig) -> str:
 def plot_best(trials: list[dict[str, Any]], sweep: SweepConfig, folder: Path) -> None:
     import json
 
-    from npalign.evaluate import plot_accuracy
+    from npalign.evaluation.accuracy import plot_accuracy
 
     results = {}
     for row in trials:

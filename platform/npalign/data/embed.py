@@ -24,7 +24,7 @@ from npalign.config import EmbedConfig
 from npalign.data.preferences import PairTable
 from npalign.data.text import text_id
 from npalign.files import atomic_path, cache_dir
-from npalign.models.pretrained import model_path
+from npalign.pretrained import model_path
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +125,13 @@ def embed_texts(
         # Longest first, so a batch holds texts of similar length (less padding) and the slow
         # batches start early.
         missing.sort(key=lambda k: -len(texts[k]))
-        gpus = ray.cluster_resources().get("GPU", 0) > 0
         ray.data.DataContext.get_current().enable_progress_bars = True
-        dataset = ray.data.from_items(
+        items = ray.data.from_items(  # joins or starts Ray on first use
             [{"key": k, "text": texts[k]} for k in missing],
             override_num_blocks=max(config.actors * 4, len(missing) // (config.batch_size * 8)),
-        ).map_batches(
+        )
+        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        dataset = items.map_batches(
             TextEncoder,
             fn_constructor_kwargs={
                 "model": config.model,
@@ -168,13 +169,19 @@ def embed_texts(
     return {k: cached[k] for k in texts}, stats
 
 
+def embed_text(prompt: str, response: str, include_prompt: bool) -> str:
+    """The text the encoder reads for one (prompt, response): the one recipe for training,
+    serving and clients, so a context is embedded the same way everywhere."""
+    return f"{prompt}\n\n{response}" if include_prompt else response
+
+
 def pair_texts(table: pa.Table, include_prompt: bool) -> dict[str, str]:
     """key (hash of prompt and response) → the text the encoder reads, for both options."""
     out = {}
     columns = table.select(["prompt", "response_a", "response_b"]).to_pydict()
     for prompt, *answers in zip(*columns.values(), strict=True):
         for answer in answers:
-            out[text_id(prompt, answer)] = f"{prompt}\n\n{answer}" if include_prompt else answer
+            out[text_id(prompt, answer)] = embed_text(prompt, answer, include_prompt)
     return out
 
 

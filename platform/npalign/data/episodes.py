@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
+from npalign.config import DataConfig
 from npalign.data.preferences import PairTable, PreferenceDataError
+from npalign.files import atomic_path
 
 PADDING = -1  # an index slot with no pair in it
 
@@ -88,6 +92,37 @@ def sample_episodes(
             "target": _fixed_width(target),
         }
     )
+
+
+def sample_train_val(data: DataConfig, pairs: dict[str, PairTable]) -> dict[str, pa.Table]:
+    """The training and validation episodes of a job, as its `data` section says."""
+    return {
+        split: sample_episodes(
+            pairs[split],
+            num,
+            data.min_context,
+            data.max_context,
+            data.num_targets,
+            seed,
+            f"{split} split",
+            data.paired_targets,
+            data.empty_context_share,
+        )
+        for split, num, seed in (
+            ("train", data.train_episodes, data.seed),
+            ("val", data.val_episodes, data.seed + 1),
+        )
+    }
+
+
+def write_episodes(episodes: dict[str, pa.Table], folder: Path) -> dict[str, Path]:
+    """Each split's episode table as folder/<split>.parquet, written atomically."""
+    files = {}
+    for split, table in episodes.items():
+        files[split] = folder / f"{split}.parquet"
+        with atomic_path(files[split]) as tmp:
+            pq.write_table(table, tmp)
+    return files
 
 
 def _paired_targets(

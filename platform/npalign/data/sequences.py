@@ -29,6 +29,19 @@ class TokenizedPairs:
     response_b: list[np.ndarray]
     pad_id: int
 
+    def select(self, rows: np.ndarray) -> TokenizedPairs:
+        """The rows at an index array (as PairTable.select, to keep the two aligned)."""
+        return TokenizedPairs(
+            [self.prompt[i] for i in rows],
+            [self.response_a[i] for i in rows],
+            [self.response_b[i] for i in rows],
+            self.pad_id,
+        )
+
+
+# Per split: the PairTable (embeddings, for contexts) and the row-aligned tokens (for targets).
+PolicyData = dict[str, tuple[PairTable, TokenizedPairs]]
+
 
 def prompt_tokens(tokenizer, prompt: str) -> list[int]:
     """The prompt as a user turn of the model's chat template, ready for the answer."""

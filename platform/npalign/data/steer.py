@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from npalign.config import SteerConfig, SteerType
 from npalign.data.text import split_by_prompt, text_id, write_text_pairs
@@ -229,3 +230,27 @@ def build_steer(config: SteerConfig) -> Path:
         folder,
     )
     return folder
+
+
+def simulated_users(
+    split: pa.Table, context_pairs: int, seed: int
+) -> tuple[str, dict[str, list[dict[str, str]]]]:
+    """A prompt of `split` (a text preference table) and, for one user of each type,
+    `context_pairs` of that type's choices on the split's other prompts, as text:
+    (prompt, {type: [{prompt, chosen, rejected}]})."""
+    rows = split.to_pydict()
+    prompt_ids = np.asarray(rows["prompt_id"])
+    prompt_row = int(np.flatnonzero(prompt_ids == prompt_ids[0])[0])
+    rng = np.random.default_rng(seed)
+    users = {}
+    for user_type in sorted(set(rows["user_type"])):
+        pool = np.flatnonzero(
+            (np.asarray(rows["user_type"]) == user_type) & (prompt_ids != prompt_ids[0])
+        )
+        choices = []
+        for row in rng.choice(pool, size=context_pairs, replace=False):
+            a, b = rows["response_a"][row], rows["response_b"][row]
+            chosen, rejected = (b, a) if rows["choice"][row] else (a, b)
+            choices.append({"prompt": rows["prompt"][row], "chosen": chosen, "rejected": rejected})
+        users[user_type] = choices
+    return rows["prompt"][prompt_row], users

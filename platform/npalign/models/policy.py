@@ -6,10 +6,9 @@ conditioned per batch row on a user's latent z from the context encoder.
 z is measured from the empty context's latent, z = μ(C) − μ(∅), and the maps have no bias, so
 FiLM is exactly the identity with no context (and at initialisation, W = V = 0): a user nobody
 knows anything about gets base + LoRA alone, the part every user's episodes train, and context
-moves the policy away from there. A bias, or an uncentred z, would be a user-blind shift, LoRA's
-job (runs 6–10 in benchmarks/RESULTS.md: the no-context latent wrote ~90 looping words where
-pooled DPO wrote ~45). LoRA itself can still lean to one user type (runs 12, 14) unless
-training also holds episodes without context (`data.empty_context_share`, runs 15–17).
+moves the policy away from there. A bias, or an uncentred z, would be a user-blind shift, which
+is LoRA's job. LoRA itself can still lean to one user type unless training also holds episodes
+without context (`data.empty_context_share`).
 
 The reference policy π_ref of DPO is the same network with LoRA and FiLM switched off (no copy of
 the weights). The DPO loss compares sequence log-probs summed over the response tokens only; an
@@ -34,6 +33,7 @@ from npalign.config import EmbedConfig, PolicyConfig
 from npalign.data.sequences import PolicyBatch
 from npalign.files import atomic_path, write_json
 from npalign.models.context import ContextEncoder
+from npalign.registry import POLICY_MODELS
 
 
 class FiLM(nn.Module):
@@ -268,6 +268,23 @@ def preference_metrics(
     return (loss + sft_weight * sft).mean(), metrics
 
 
+# --- the registered policies -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyKind:
+    """A registered policy: the same network, conditioned on z or not."""
+
+    use_latent: bool
+    description: str
+
+
+POLICY_MODELS.register("npdpo")(PolicyKind(True, "NP-DPO: LoRA + FiLM(z), z from the context"))
+POLICY_MODELS.register("dpo")(
+    PolicyKind(False, "plain DPO with LoRA, every user's labels pooled, context ignored")
+)
+
+
 # --- building, saving and loading -----------------------------------------------------------
 
 SPEC_FILE = "policy.json"
@@ -288,7 +305,7 @@ def build_policy(config: PolicyConfig, feature_dim: int, use_latent: bool = True
     frozen: only LoRA trains."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from npalign.models.pretrained import model_path
+    from npalign.pretrained import model_path
 
     path = model_path(config.base)
     tokenizer = AutoTokenizer.from_pretrained(path)

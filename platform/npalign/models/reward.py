@@ -20,6 +20,7 @@ from npalign.config import ModelConfig
 from npalign.data.episodes import EpisodeBatch
 from npalign.files import atomic_path, write_json
 from npalign.models.context import ContextEncoder, Latent, mlp
+from npalign.registry import REWARD_MODELS
 
 
 @dataclass
@@ -29,11 +30,15 @@ class PreferenceOutput:
     kl: torch.Tensor | None = None  # (batch,) KL(q(z|C∪T) ‖ q(z|C)), variational NP-BTL only
 
 
+@REWARD_MODELS.register("btl")
 class BTL(nn.Module):
     """Bradley–Terry–Luce: one reward r(x, y) for everyone; P(b ≻ a) = σ(r_b − r_a)."""
 
+    uses_context = False
+
     def __init__(self, feature_dim: int, config: ModelConfig):
         super().__init__()
+        self.feature_dim = feature_dim
         self.reward_net = mlp(feature_dim, config.hidden_dim, 1)
 
     def forward(self, batch: EpisodeBatch) -> PreferenceOutput:
@@ -42,12 +47,16 @@ class BTL(nn.Module):
         return PreferenceOutput(F.logsigmoid(r_a - r_b), F.logsigmoid(r_b - r_a))
 
 
+@REWARD_MODELS.register("dpl")
 class DPL(nn.Module):
     """Distributional preference learning (mean–variance head): each option's reward is
     N(μ, σ²), so P(b ≻ a) = Φ((μ_b − μ_a) / sqrt(σ_a² + σ_b²))."""
 
+    uses_context = False
+
     def __init__(self, feature_dim: int, config: ModelConfig):
         super().__init__()
+        self.feature_dim = feature_dim
         self.reward_net = mlp(feature_dim, config.hidden_dim, 2)
 
     def forward(self, batch: EpisodeBatch) -> PreferenceOutput:
@@ -58,11 +67,15 @@ class DPL(nn.Module):
         return PreferenceOutput(torch.special.log_ndtr(-score), torch.special.log_ndtr(score))
 
 
+@REWARD_MODELS.register("npbtl")
 class NPBTL(nn.Module):
     """Neural-process BTL: z from the context pairs; r(x, y, z) = decoder([g(φ(x, y)); z])."""
 
+    uses_context = True
+
     def __init__(self, feature_dim: int, config: ModelConfig):
         super().__init__()
+        self.feature_dim = feature_dim
         self.variational = config.latent == "variational"
         self.context_encoder = ContextEncoder(
             feature_dim,
@@ -103,11 +116,10 @@ class NPBTL(nn.Module):
         return PreferenceOutput(F.logsigmoid(r_a - r_b), F.logsigmoid(r_b - r_a), kl)
 
 
-MODELS: dict[str, type[nn.Module]] = {"btl": BTL, "dpl": DPL, "npbtl": NPBTL}
-
-
 def build_reward_model(kind: str, config: ModelConfig, feature_dim: int) -> nn.Module:
-    return MODELS[kind](feature_dim, config)
+    """A registered reward model: a module built as `cls(feature_dim, config)` that maps an
+    EpisodeBatch to a PreferenceOutput and says whether it reads the context (`uses_context`)."""
+    return REWARD_MODELS[kind](feature_dim, config)
 
 
 def preference_loss(

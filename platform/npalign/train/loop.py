@@ -95,7 +95,7 @@ def build_engine(task: Task, config: TrainConfig, total_steps: int, world: int):
 # Episode rows (pair indices) are small, so the loop asks Ray Data for chunks of this many
 # micro-batches and slices them itself (zero-copy). Ray Data's iterator spends Python time on
 # every batch it hands out, in threads that hold the GIL while the training thread waits for it;
-# chunking pays that once per chunk (measured: collate + wait per step 1.7 -> 0.8 ms).
+# chunking pays that once per chunk.
 MICRO_BATCHES_PER_CHUNK = 16
 
 

@@ -15,20 +15,24 @@ from torch import nn
 from npalign.config import ModelConfig, RewardJobConfig
 from npalign.data.episodes import EpisodeBatch, collate, episode_arrays
 from npalign.data.preferences import PairTable
-from npalign.models.reward import build_reward_model, preference_loss, save_reward_model
+from npalign.models.reward import preference_loss, save_reward_model
+from npalign.registry import REWARD_MODELS
 from npalign.train.loop import fit_task
 
 
 @dataclass
 class RewardTask:
     kind: str
+    # The registered class itself, looked up in the driver: a worker process need not have run
+    # the registration (a model registered outside npalign only has to be importable there).
+    model_class: type[nn.Module]
     model: ModelConfig
     feature_dim: int
     pairs: dict[str, Any]  # split → ObjectRef of its PairTable, fetched once per worker
     _tables: dict[str, PairTable] = field(default_factory=dict, repr=False)
 
     def build_model(self) -> nn.Module:
-        return build_reward_model(self.kind, self.model, self.feature_dim)
+        return self.model_class(self.feature_dim, self.model)
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
@@ -64,6 +68,7 @@ def fit_reward_model(
     (a Tune sweep passes its report callback)."""
     task = RewardTask(
         kind=kind,
+        model_class=REWARD_MODELS[kind],
         model=config.model,
         feature_dim=pairs["train"].feature_dim,
         pairs={split: ray.put(pairs[split]) for split in ("train", "val")},

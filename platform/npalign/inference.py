@@ -1,4 +1,5 @@
-"""Generation for users: a user's few choices → z → responses with FiLM(z) in every block.
+"""Inference for users: a user's few choices → z → responses with FiLM(z) in every block, or
+NP-BTL rewards of candidate responses.
 
 Each row of a batch carries its own z, so different users share one `generate` call. A user's
 context is given as text (embedded here with the encoder the policy was trained with) or as
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from npalign.data.embed import TextEncoder
+from npalign.data.embed import TextEncoder, embed_text
 from npalign.data.sequences import prompt_tokens
 from npalign.models.policy import PolicyCheckpoint
 
@@ -45,10 +47,6 @@ def embed_choices(
     """Text contexts → embeddings with the encoder setting the policy was trained with."""
     setting = checkpoint.embed
     encoder = context_encoder(setting.model, setting.pooling, setting.max_length)
-
-    def text(prompt: str, response: str) -> str:
-        return f"{prompt}\n\n{response}" if setting.include_prompt else response
-
     out = []
     for choices in users:
         if not choices:
@@ -57,9 +55,9 @@ def embed_choices(
                 ContextEmbeddings(np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32))
             )
             continue
-        chosen = encoder.embed([text(c.prompt, c.chosen) for c in choices])
-        rejected = encoder.embed([text(c.prompt, c.rejected) for c in choices])
-        out.append(ContextEmbeddings(chosen, rejected))
+        chosen = [embed_text(c.prompt, c.chosen, setting.include_prompt) for c in choices]
+        rejected = [embed_text(c.prompt, c.rejected, setting.include_prompt) for c in choices]
+        out.append(ContextEmbeddings(encoder.embed(chosen), encoder.embed(rejected)))
     return out
 
 
@@ -68,7 +66,29 @@ def embed_responses(checkpoint: PolicyCheckpoint, prompt: str, responses: list[s
     context pairs (what a reward model trained on that setting scores)."""
     setting = checkpoint.embed
     encoder = context_encoder(setting.model, setting.pooling, setting.max_length)
-    return encoder.embed([f"{prompt}\n\n{r}" if setting.include_prompt else r for r in responses])
+    return encoder.embed([embed_text(prompt, r, setting.include_prompt) for r in responses])
+
+
+def check_reward_model(reward: nn.Module, feature_dim: int, source: str) -> None:
+    """`reward` can score for a user (`user_rewards`): it reads a context, on `feature_dim`
+    features (the policy's embedding setting)."""
+    if not reward.uses_context or reward.feature_dim != feature_dim:
+        raise ValueError(
+            f"{source}: scoring for a user needs a reward model that reads the context (NP-BTL) "
+            f"trained on {feature_dim} features; found {type(reward).__name__} on "
+            f"{reward.feature_dim}"
+        )
+
+
+@torch.no_grad()
+def user_rewards(reward: nn.Module, context: ContextEmbeddings, options: np.ndarray) -> np.ndarray:
+    """r(x, y, z) of each candidate (options: (n, dim) features) for the user whose context
+    gives z; higher is preferred by that user. (n,)"""
+    mask = torch.ones(1, len(context.chosen), dtype=torch.bool)
+    z = reward.latent(
+        torch.as_tensor(context.chosen)[None], torch.as_tensor(context.rejected)[None], mask
+    ).mean
+    return reward.reward(torch.as_tensor(options)[None], z)[0].numpy()
 
 
 @torch.no_grad()

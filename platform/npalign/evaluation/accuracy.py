@@ -1,7 +1,8 @@
 """Accuracy vs context size on held-out episodes: targets only, never a pair from the context.
 
 Results are mean ± SEM over test episodes, per user type and averaged over types (the mean of the
-type means, so an unbalanced draw of users does not tilt the average).
+type means, so an unbalanced draw of users does not tilt the average); reported as a table and a
+plot, written atomically.
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""The data sources a job can name in `data.source`, registered in `DATA_SOURCES`.
+
+A source turns the job's `DataConfig` into its train/val/test splits, either as text preference
+tables (prompt, responses, user, choice: the recipe embeds them, and a policy trains on their
+tokens) or as PairTables of features ready for a reward model. A new source is a function here
+(or in its own module) and one `DATA_SOURCES.register` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from npalign.config import DataConfig
+from npalign.data.preferences import PairTable, read_splits
+from npalign.data.synthetic import bayes_accuracy, make_synthetic
+from npalign.data.text import read_text_splits
+from npalign.registry import DATA_SOURCES
+
+
+@dataclass(frozen=True)
+class DataSource:
+    load: Callable[[DataConfig], dict[str, pa.Table] | dict[str, PairTable]]
+    text: bool  # text tables (embedded by the recipe) or PairTables of features
+    needs_path: bool  # reads `data.path`
+    description: str
+    # Per-episode accuracy of the best possible predictor, where the source knows the users'
+    # true rewards: (test pairs, episode table) → (episodes,) percent. Reported beside the models.
+    limit: Callable[[PairTable, pa.Table], np.ndarray] | None = None
+
+
+def steer_splits(data: DataConfig) -> dict[str, pa.Table]:
+    from npalign.data.steer import build_steer  # the corpus package is needed only here
+
+    return read_text_splits(build_steer(data.steer))
+
+
+DATA_SOURCES.register("synthetic")(
+    DataSource(
+        lambda data: make_synthetic(data.synthetic),
+        text=False,
+        needs_path=False,
+        description="the paper's §5.1 task, generated from data.synthetic",
+        limit=bayes_accuracy,
+    )
+)
+DATA_SOURCES.register("parquet")(
+    DataSource(
+        lambda data: read_splits(data.path),
+        text=False,
+        needs_path=True,
+        description="a folder of train/val/test.parquet preference tables with features",
+    )
+)
+DATA_SOURCES.register("text")(
+    DataSource(
+        lambda data: read_text_splits(data.path),
+        text=True,
+        needs_path=True,
+        description="a folder of train/val/test.parquet text preference tables",
+    )
+)
+DATA_SOURCES.register("steer")(
+    DataSource(
+        steer_splits,
+        text=True,
+        needs_path=False,
+        description="the embedded default text task, built offline from data.steer",
+    )
+)

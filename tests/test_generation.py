@@ -1,0 +1,122 @@
+"""The generated-attribute study and its checks (`evaluation/generation.py`): hand-made texts for
+the degenerate check, hand-made studies for the checks, and one small study on a one-block
+SmolLM2, where FiLM's identity at an empty context makes NP-DPO's m = 0 answers the same
+network's answers without z."""
+
+import numpy as np
+import pytest
+import torch
+from test_policy import LATENT, perturb
+
+from npalign.config import PolicyJobConfig
+from npalign.evaluation.generation import (
+    accuracy_checks,
+    degenerate,
+    generation_checks,
+    generation_study,
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the details of the details of the details of the details of it",
+        "Supercalifragilisticexpialidociousnessly so.",
+        "yes yes yes yes yes yes yes no",
+        "The fire spread fast overnight. Crews arrived. The fire spread fast overnight.",
+    ],
+)
+def test_loops_glued_tokens_and_repeated_sentences_are_degenerate(text):
+    assert degenerate(text)
+
+
+def test_ordinary_answers_are_not_degenerate():
+    assert not degenerate("A fire broke out in the hills. Crews contained it by the evening.")
+    assert not degenerate("Rain.")
+
+
+def by_m(means_and_sems):
+    return {m: {"mean": mean, "sem": sem} for m, (mean, sem) in means_and_sems.items()}
+
+
+def test_accuracy_checks_sum_the_types_and_catch_a_drop_beyond_the_error():
+    rising = by_m({0: (50, 2), 10: (80, 2)})
+    falling = by_m({0: (60, 1), 10: (50, 1)})
+    results = {"npdpo": {"by_type": {"a": rising, "b": falling}}}
+    checks = accuracy_checks(results, [0, 10])
+    assert checks["npdpo A+B at m=10 >= 140"] == {"sum": 130, "pass": False}
+    assert checks["npdpo [a] non-decreasing in m (within SEM)"]["pass"]
+    assert not checks["npdpo [b] non-decreasing in m (within SEM)"]["pass"]
+
+
+def test_generation_checks_need_a_move_toward_the_preference_and_readable_text():
+    job = PolicyJobConfig(eval={"context_sizes": [0, 10]})
+    texts = ["A short plain answer."] * 4
+
+    def at(values, texts=texts):
+        return {
+            "values": values,
+            "texts": texts,
+            "degenerate": np.mean(list(map(degenerate, texts))),
+        }
+
+    looping = ["the details of the details of the details of the details"] * 4
+    study = {
+        "npdpo": {
+            "concise": {0: at([40, 42, 38, 40]), 10: at([20, 25, 22, 21])},
+            "detailed": {0: at([40, 42, 38, 40]), 10: at([41, 40, 39, 42], looping)},
+        },
+        "dpo": {"length": {"values": [40, 41, 39, 40]}},
+    }
+    checks = generation_checks(study, job)
+    assert checks["generated length [concise] m=10 vs m=0"]["pass"]
+    assert checks["generated length [concise] m=10 vs pooled dpo"]["pass"]
+    assert checks["generated text [concise] not degenerate at any m"]["pass"]
+    assert not checks["generated length [detailed] m=10 vs pooled dpo"]["pass"]
+    assert not checks["generated text [detailed] not degenerate at any m"]["pass"]
+
+
+def test_study_answers_every_type_at_every_m_and_m0_is_the_policy_without_z(tmp_path):
+    from npalign.config import EmbedConfig, PolicyConfig, SteerConfig
+    from npalign.data.preferences import PairTable
+    from npalign.data.steer import build_steer
+    from npalign.data.text import read_text_splits
+    from npalign.models.policy import build_policy, save_policy
+
+    config = PolicyConfig(num_layers=1, lora_rank=4, hidden_dim=16, latent_dim=LATENT)
+    policy, _ = build_policy(config, feature_dim=8)
+    perturb(policy)
+    state = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    lora = {n: p for n, p in state.items() if "lora_" in n}
+    checkpoints = {"npdpo": tmp_path / "npdpo", "dpo": tmp_path / "dpo"}
+    save_policy(checkpoints["npdpo"], config, EmbedConfig(), 8, True, state)
+    # The pooled policy: the same LoRA, no encoder or FiLM.
+    save_policy(checkpoints["dpo"], config, EmbedConfig(), 8, False, lora)
+
+    steer = SteerConfig(stories=30, pairs_per_prompt=6)
+    text = read_text_splits(build_steer(steer))["test"]
+    rng = np.random.default_rng(0)
+    rows = text.num_rows
+    pairs = PairTable(  # the embeddings only feed z: random ones do
+        pair_id=np.asarray(text.column("pair_id").to_pylist(), dtype=object),
+        prompt_id=np.asarray(text.column("prompt_id").to_pylist(), dtype=object),
+        features_a=rng.normal(size=(rows, 8)).astype(np.float32),
+        features_b=rng.normal(size=(rows, 8)).astype(np.float32),
+        user=np.asarray(text.column("user").to_pylist(), dtype=object),
+        user_type=np.asarray(text.column("user_type").to_pylist(), dtype=object),
+        choice=np.asarray(text.column("choice").to_pylist(), dtype=np.int8),
+    )
+    job = PolicyJobConfig(data={"source": "steer", "steer": steer}, eval={"context_sizes": [0, 2]})
+    torch.manual_seed(0)
+    study = generation_study(job, checkpoints, text, pairs, num_prompts=2, tokens=6)
+
+    assert set(study["npdpo"]) == {"concise", "detailed"}
+    for per_m in study["npdpo"].values():
+        assert set(per_m) == {0, 2}
+        for result in per_m.values():
+            assert len(result["texts"]) == len(result["values"]) == 2
+            assert 0 <= result["degenerate"] <= 1
+        # z = 0 with no context: FiLM is the identity, so NP-DPO answers as the pooled policy
+        # with the same LoRA does.
+        assert per_m[0]["texts"] == study["npdpo"]["concise"][0]["texts"]
+    assert study["dpo"]["length"]["values"] == study["npdpo"]["concise"][0]["values"]
