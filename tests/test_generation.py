@@ -35,21 +35,38 @@ def test_ordinary_answers_are_not_degenerate():
     assert not degenerate("Rain.")
 
 
-def by_m(means_and_sems):
-    return {m: {"mean": mean, "sem": sem} for m, (mean, sem) in means_and_sems.items()}
+def interval(mean, low, high):
+    return {"mean": mean, "low": low, "high": high}
 
 
-def test_accuracy_checks_sum_the_types_and_catch_a_drop_beyond_the_error():
-    rising = by_m({0: (50, 2), 10: (80, 2)})
-    falling = by_m({0: (60, 1), 10: (50, 1)})
-    results = {"npdpo": {"by_type": {"a": rising, "b": falling}}}
-    checks = accuracy_checks(results, [0, 10])
-    assert checks["npdpo A+B at m=10 >= 140"] == {"sum": 130, "pass": False}
-    assert checks["npdpo [a] non-decreasing in m (within SEM)"]["pass"]
-    assert not checks["npdpo [b] non-decreasing in m (within SEM)"]["pass"]
+def test_accuracy_checks_read_the_bootstrap_intervals():
+    change_a = {
+        "0->5": interval(10, 2, 18),
+        "5->10": interval(-1, -6, 4),
+        "0->10": interval(9, 1, 17),
+    }
+    change_b = {
+        "0->5": interval(5, -2, 12),
+        "5->10": interval(-8, -12, -3),
+        "0->10": interval(-3, -9, 2),
+    }
+    results = {
+        "npdpo": {
+            "average": {10: {"sum": interval(130, 120, 139)}},
+            "by_type": {"a": {}, "b": {}},
+            "change": {step: {"a": change_a[step], "b": change_b[step]} for step in change_a},
+        }
+    }
+    checks = accuracy_checks(results, [0, 5, 10])
+    assert checks["npdpo A+B at m=10 >= 140"] == {"sum": 130, "ci": [120, 139], "pass": False}
+    assert checks["npdpo [a] rises from m=0 to m=10"]["pass"]
+    assert not checks["npdpo [b] rises from m=0 to m=10"]["pass"]
+    assert checks["npdpo [a] falls at no step in m"]["pass"]
+    fall = checks["npdpo [b] falls at no step in m"]
+    assert not fall["pass"] and fall["worst_step"] == "5->10"
 
 
-def test_generation_checks_need_a_move_toward_the_preference_and_readable_text():
+def test_generation_checks_need_a_paired_move_toward_the_preference_and_readable_text():
     job = PolicyJobConfig(eval={"context_sizes": [0, 10]})
     texts = ["A short plain answer."] * 4
 

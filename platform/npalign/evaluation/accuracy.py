@@ -1,8 +1,10 @@
 """Accuracy vs context size on held-out episodes: targets only, never a pair from the context.
 
 Results are mean ± SEM over test episodes, per user type and averaged over types (the mean of the
-type means, so an unbalanced draw of users does not tilt the average); reported as a table and a
-plot, written atomically.
+type means, so an unbalanced draw of users does not tilt the average), each with a 95 % interval
+from a bootstrap over the targets' prompts (`statistics.py`: episodes share prompts, so the SEM
+is too narrow), and the paired change of each type's accuracy between context sizes; reported as
+a table and a plot, written atomically.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from torch import nn
 from npalign.config import EvalConfig
 from npalign.data.episodes import collate, context_prefix, episode_arrays, sample_episodes
 from npalign.data.preferences import PairTable
+from npalign.evaluation.statistics import type_means
 from npalign.files import atomic_path
-from npalign.models.reward import preference_loss
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +58,18 @@ def evaluation_episodes(
 
 
 @torch.no_grad()
-def episode_accuracy(
+def target_accuracy(
     model: nn.Module, pairs: PairTable, episodes, batch_size: int = 500
 ) -> np.ndarray:
-    """Percent of targets predicted right, per episode. (episodes,)"""
+    """100 for each target predicted right, else 0: (episodes, targets)."""
     model.eval()
     rows = episode_arrays(episodes)
     out = []
     for start in range(0, len(rows["target"]), batch_size):
         batch = collate({k: v[start : start + batch_size] for k, v in rows.items()}, pairs)
-        _, metrics = preference_loss(model(batch), batch)
-        out.append(metrics["accuracy"].numpy() * 100)
+        output = model(batch)
+        says_b = (output.log_prob_b > output.log_prob_a).float()  # (batch, targets)
+        out.append((says_b == batch.target_choice).float().numpy() * 100)
     return np.concatenate(out)
 
 
@@ -77,37 +80,63 @@ def evaluate_by_context(
     num_targets: int,
     context_blind: bool = False,
 ) -> dict:
-    """{"average": {m: summary}, "by_type": {type: {m: summary}}} for any model: `score` maps an
-    episode table to percent-correct per episode. A summary holds mean, SEM and episodes.
+    """For any model, given `score`: an episode table → 100 or 0 per target (episodes, targets):
+
+        {"average": {m: summary}, "by_type": {type: {m: summary}},
+         "change": {"a->b": {type or "average": interval}}}
+
+    A summary holds the mean, its SEM over episodes, the episode count and "ci", the prompt
+    bootstrap's 95 % interval (`average` also "sum": A + B for two types, with its interval).
+    "change" is each type's paired accuracy change from one context size to the next, and from
+    the smallest to the largest (the same targets, the same bootstrap draws).
 
     Every m scores the same users and targets (`evaluation_episodes`), so a `context_blind` model
     (one that never reads the context: pooled or per-type baselines) scores the same at every
     m: it is scored once and that summary is reported at every m; for a costly model (a
     policy) this saves a full pass per context size."""
-    result: dict = {"average": {}, "by_type": {}}
-    accuracy = None
+    result: dict = {"average": {}, "by_type": {}, "change": {}}
+    sizes = settings.context_sizes
     episodes_by_m = evaluation_episodes(
-        pairs, settings.context_sizes, settings.num_episodes, num_targets, settings.seed
+        pairs, sizes, settings.num_episodes, num_targets, settings.seed
     )
-    for m in settings.context_sizes:
-        episodes = episodes_by_m[m]
-        if accuracy is None or not context_blind:
+    first = episodes_by_m[sizes[0]]
+    types = np.asarray(first.column("user_type").to_pylist())  # (episodes,), the same at every m
+    target_rows = episode_arrays(first)["target"]  # (episodes, targets)
+    target_types = np.repeat(types, target_rows.shape[1])
+    target_prompts = pairs.prompt_id[target_rows.reshape(-1)]
+
+    def intervals(values: np.ndarray) -> dict:
+        return type_means(values.reshape(-1), target_types, target_prompts, settings.seed)
+
+    correct: dict[int, np.ndarray] = {}
+    for m in sizes:
+        if not correct or not context_blind:
             started = time.perf_counter()
-            accuracy = score(episodes)
+            correct[m] = score(episodes_by_m[m])
             log.info(
                 "scored %d test episodes with %d context pairs: %.1f %% (%.0f s)",
-                len(accuracy),
+                len(correct[m]),
                 m,
-                accuracy.mean(),
+                correct[m].mean(),
                 time.perf_counter() - started,
             )
-        types = np.asarray(episodes.column("user_type").to_pylist())
+        else:
+            correct[m] = correct[sizes[0]]
+        accuracy = correct[m].mean(1)  # (episodes,)
+        boot = intervals(correct[m])
         per_type = []
         for user_type in sorted(set(types)):
             summary = _summary(accuracy[types == user_type])
+            summary["ci"] = [boot[user_type]["low"], boot[user_type]["high"]]
             result["by_type"].setdefault(user_type, {})[m] = summary
             per_type.append(summary)
         result["average"][m] = combine_types(per_type)
+        result["average"][m]["ci"] = [boot["average"]["low"], boot["average"]["high"]]
+        result["average"][m]["sum"] = boot["sum"]
+    steps = list(zip(sizes[:-1], sizes[1:], strict=True)) + [(sizes[0], sizes[-1])]
+    for a, b in dict.fromkeys(steps):
+        change = intervals(correct[b] - correct[a])
+        result["change"][f"{a}->{b}"] = {k: v for k, v in change.items() if k != "sum"}
     return result
 
 
@@ -115,7 +144,7 @@ def evaluate_reward_model(
     model: nn.Module, pairs: PairTable, settings: EvalConfig, num_targets: int
 ) -> dict:
     return evaluate_by_context(
-        lambda episodes: episode_accuracy(model, pairs, episodes), pairs, settings, num_targets
+        lambda episodes: target_accuracy(model, pairs, episodes), pairs, settings, num_targets
     )
 
 
@@ -125,13 +154,18 @@ def format_table(
     reference: dict[str, list[float]] | None = None,
 ) -> str:
     """One row per model (averaged over types), then one per (model, type); `reference` adds rows
-    such as the Bayes limit."""
-    head = f"{'model':<22}" + "".join(f"{f'm={m}':>15}" for m in context_sizes)
+    such as the Bayes limit. A cell is the mean and its prompt-bootstrap 95 % interval, or
+    mean ± SEM where there is none (an oracle's average of separately scored types)."""
+    head = f"{'model':<22}" + "".join(f"{f'm={m}':>21}" for m in context_sizes)
     lines = [head, "-" * len(head)]
 
+    def cell(s: dict) -> str:
+        if "ci" in s:
+            return f"{s['mean']:6.2f} [{s['ci'][0]:5.1f}, {s['ci'][1]:5.1f}]"
+        return f"{s['mean']:6.2f} ± {s['sem']:4.2f}"
+
     def row(label: str, by_m: dict) -> str:
-        cells = [f"{by_m[m]['mean']:6.2f} ± {by_m[m]['sem']:4.2f}" for m in context_sizes]
-        return f"{label:<22}" + "".join(f"{c:>15}" for c in cells)
+        return f"{label:<22}" + "".join(f"{cell(by_m[m]):>21}" for m in context_sizes)
 
     for name, result in results.items():
         lines.append(row(name, result["average"]))
@@ -139,7 +173,7 @@ def format_table(
         for user_type, by_m in result["by_type"].items():
             lines.append(row(f"{name} [{user_type}]", by_m))
     for name, values in (reference or {}).items():
-        lines.append(f"{name:<22}" + "".join(f"{v:>15.2f}" for v in values))
+        lines.append(f"{name:<22}" + "".join(f"{v:>21.2f}" for v in values))
     return "\n".join(lines)
 
 
@@ -149,7 +183,8 @@ def plot_accuracy(
     path: str | Path,
     reference: dict[str, list[float]] | None = None,
 ) -> None:
-    """Accuracy vs context size with ± SEM bars, one line per model; written atomically."""
+    """Accuracy vs context size with 95 % interval bars (± SEM where there is no interval), one
+    line per model; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,9 +192,11 @@ def plot_accuracy(
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, result in results.items():
-        means = [result["average"][m]["mean"] for m in context_sizes]
-        sems = [result["average"][m]["sem"] for m in context_sizes]
-        ax.errorbar(context_sizes, means, yerr=sems, marker="o", capsize=3, label=name)
+        by_m = [result["average"][m] for m in context_sizes]
+        means = np.array([s["mean"] for s in by_m])
+        low = [s["mean"] - s["ci"][0] if "ci" in s else s["sem"] for s in by_m]
+        high = [s["ci"][1] - s["mean"] if "ci" in s else s["sem"] for s in by_m]
+        ax.errorbar(context_sizes, means, yerr=[low, high], marker="o", capsize=3, label=name)
     for name, values in (reference or {}).items():
         ax.plot(context_sizes, values, "k--", label=name)
     ax.set_xlabel("context pairs (m)")

@@ -20,6 +20,7 @@ from npalign.config import PolicyJobConfig
 from npalign.data.preferences import PairTable
 from npalign.data.steer import SCORERS, SENTENCE_END
 from npalign.evaluation.accuracy import save_plot
+from npalign.evaluation.statistics import mean_interval
 from npalign.inference import ContextEmbeddings, generate, user_latents
 from npalign.models.policy import load_policy
 
@@ -37,22 +38,32 @@ def mean_sem(values) -> dict[str, float]:
 
 
 def accuracy_checks(results: dict, sizes: list[int]) -> dict:
-    """NP-DPO's implicit accuracy: A+B at the largest m, and each type's trend in m."""
-    largest = max(sizes)
-    by_type = results["npdpo"]["by_type"]
-    total = sum(by_type[t][largest]["mean"] for t in by_type)
-    checks = {f"npdpo A+B at m={largest} >= 140": {"sum": total, "pass": total >= 140}}
-    for user_type, by_m in by_type.items():
-        # "Does not fall": each step's drop, if any, is within the two estimates' combined SEM.
-        drops = []
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-            slack = float(np.hypot(by_m[a]["sem"], by_m[b]["sem"]))
-            drops.append(by_m[a]["mean"] - by_m[b]["mean"] - slack)
-        checks[f"npdpo [{user_type}] non-decreasing in m (within SEM)"] = {
-            "worst_drop_beyond_sem": max(drops),
-            # Accuracies come from float32 sums: a drop of exactly one SEM (100 → 96.67 ± 3.33
-            # over 30 episodes) computes as a few 1e-6 points beyond it.
-            "pass": max(drops) <= 1e-4,
+    """NP-DPO's implicit accuracy (`evaluate_by_context`'s intervals, a bootstrap over prompts):
+    A+B at the largest m, each type's rise from the smallest m to the largest (its paired
+    interval above 0), and no step in m where a type's accuracy falls (a paired interval of the
+    change wholly below 0)."""
+    npdpo, largest, smallest = results["npdpo"], max(sizes), min(sizes)
+    total = npdpo["average"][largest]["sum"]
+    checks = {
+        f"npdpo A+B at m={largest} >= 140": {
+            "sum": total["mean"],
+            "ci": [total["low"], total["high"]],
+            "pass": total["mean"] >= 140,
+        }
+    }
+    steps = [f"{a}->{b}" for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    for user_type in npdpo["by_type"]:
+        rise = npdpo["change"][f"{smallest}->{largest}"][user_type]
+        checks[f"npdpo [{user_type}] rises from m={smallest} to m={largest}"] = {
+            "change": rise,
+            "pass": rise["low"] > 0,
+        }
+        changes = {step: npdpo["change"][step][user_type] for step in steps}
+        worst = min(changes, key=lambda step: changes[step]["high"])
+        checks[f"npdpo [{user_type}] falls at no step in m"] = {
+            "worst_step": worst,
+            "change": changes[worst],
+            "pass": changes[worst]["high"] >= 0,
         }
     return checks
 
@@ -149,9 +160,9 @@ def degenerate(text: str) -> bool:
 
 def generation_checks(study: dict, job: PolicyJobConfig) -> dict:
     """For each type: at the largest m its attribute lies on its preferred side of both its own
-    m=0 value and pooled DPO's, by more than the SEM of the paired differences over the same
-    prompts, and no answer is degenerate (a scorer is easy to game with garbage: 'raciesracies...'
-    is one word long)."""
+    m=0 value and pooled DPO's, the paired difference's interval (a bootstrap over the prompts)
+    above 0, and no answer is degenerate (a scorer is easy to game with garbage:
+    'raciesracies...' is one word long)."""
     sizes, checks = job.eval.context_sizes, {}
     for user_type in job.data.steer.types:
         sign = 1 if user_type.prefers == "higher" else -1
@@ -169,15 +180,17 @@ def generation_checks(study: dict, job: PolicyJobConfig) -> dict:
             (f"m={min(sizes)}", by_m[min(sizes)]["values"]),
             ("pooled dpo", study["dpo"][user_type.attribute]["values"]),
         ):
-            moved = sign * (last - np.asarray(values))
-            stats = mean_sem(moved)
+            moved = sign * (last - np.asarray(values))  # (prompts,), one answer each
+            prompts = np.arange(len(moved))
+            toward = mean_interval(moved, prompts, job.eval.seed)
             checks[
                 f"generated {user_type.attribute} [{user_type.name}] m={max(sizes)} vs {against}"
             ] = {
-                "toward_preference": stats,
-                "toward_preference_readable_only": mean_sem(moved[readable]),
-                # Beyond its SEM: on 16 prompts a shift of a few words is noise.
-                "pass": stats["mean"] > stats["sem"],
+                "toward_preference": toward,
+                "toward_preference_readable_only": mean_interval(
+                    moved[readable], prompts[readable], job.eval.seed
+                ),
+                "pass": toward["low"] > 0,
             }
     return checks
 

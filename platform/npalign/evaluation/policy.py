@@ -18,7 +18,7 @@ from npalign.data.episodes import episode_arrays
 from npalign.data.preferences import PairTable
 from npalign.data.sequences import TokenizedPairs, collate_policy
 from npalign.evaluation.accuracy import evaluate_by_context
-from npalign.models.policy import load_policy, preference_metrics
+from npalign.models.policy import dpo_loss, load_policy
 
 
 @torch.no_grad()
@@ -32,8 +32,8 @@ def implicit_reward_accuracy(
     references: dict[int, torch.Tensor],
     batch_size: int = 8,
 ) -> np.ndarray:
-    """Percent of target pairs whose DPO implicit reward ranks the chosen response higher, per
-    episode. (episodes,) `references` caches π_ref's (chosen, rejected) log-probs by pair row:
+    """100 for each target pair whose DPO implicit reward ranks the chosen response higher, else
+    0: (episodes, targets). `references` caches π_ref's (chosen, rejected) log-probs by pair row:
     they do not depend on the context, and every context size scores the same test pairs."""
     rows = episode_arrays(episodes, ("context", "target"))
     out = []
@@ -46,8 +46,8 @@ def implicit_reward_accuracy(
         output = policy(collate_policy(part, pairs, tokens), use_latent, known)
         for t, reference in zip(targets, output.reference.reshape(-1, 2), strict=True):
             references[t] = reference
-        _, metrics = preference_metrics(output, beta)
-        out.append(metrics["accuracy"].numpy() * 100)
+        _, margin = dpo_loss(*output.logprobs.unbind(-1), *output.reference.unbind(-1), beta)
+        out.append((margin > 0).float().numpy() * 100)  # (batch, targets)
     return np.concatenate(out)
 
 
