@@ -4,17 +4,20 @@
    the policy's pairs (MiniLM embeddings, configs/steer_encoder.yaml), whose context encoder
    starts z's encoder; then NP-DPO and pooled DPO through the platform's Ray Train + DeepSpeed
    ZeRO-2 path with configs/steer_policy.yaml.
-2. Implicit-reward accuracy per user type at 0/1/3/5/10 context pairs on test targets never in
-   the context (the recipe's evaluation: mean ± SEM over test episodes).
-3. What the policies *generate* (`evaluation/generation.py`): greedy answers to held-out test
-   prompts for users of each type given m of their test-split choices, scored with the steer
-   task's attribute scorer, against pooled DPO and the base model, with the degenerate-text
+2. Implicit-reward accuracy per user type at 0/1/3/5/10 context pairs on targets never in the
+   context (the recipe's evaluation, with intervals from a bootstrap over prompts), against
+   the per-type DPO oracle (one DPO per user type, trained on that type's labels only).
+3. What the policies *generate* (`evaluation/generation.py`): greedy answers to held-out
+   prompts for users of each type given m of their choices on other prompts, scored with the
+   steer task's attribute scorer, against pooled DPO and the base model, with the degenerate-text
    check; the checks printed at the end.
 
-Costs against TRL and HF generate: benchmarks/policy_cost.py. About 45 minutes on a 2-core CPU
-box, plus ~3 minutes the first time to embed the task's texts.
+Everything is scored on `eval.split`: choose settings with `eval.split=val`, then score the test
+split once for what is reported. Costs against TRL and HF generate: benchmarks/policy_cost.py.
+About 70 minutes on a 2-core CPU box, plus ~3 minutes the first time to embed the task's texts.
 
   .venv/bin/python benchmarks/steer_policy.py --out benchmarks/steer_policy.json
+  .venv/bin/python benchmarks/steer_policy.py eval.split=val      # while choosing settings
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import logging
 import time
 from pathlib import Path
 
+import yaml
+
 from npalign.config import PolicyJobConfig, load_config
 from npalign.evaluation.generation import (
     accuracy_checks,
@@ -32,7 +37,7 @@ from npalign.evaluation.generation import (
     plot_generation,
 )
 from npalign.files import write_json
-from npalign.recipes.outline import run_recipe
+from npalign.recipes.outline import rescore_run, run_recipe
 from npalign.recipes.policy import POLICY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,22 +53,37 @@ def main() -> None:
         "--prompts", type=int, default=16, help="test prompts generated per user type and m"
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="for the generation study")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        help="score the fitted policies of this earlier run folder again (its config.yaml plus "
+        "the overrides, e.g. eval.split=test policy.decoding.no_repeat_ngram_size=3): no training",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the policy config")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    job = load_config(args.config, ["run.name=bench-policy", *args.overrides], PolicyJobConfig)
+    if args.run:
+        job = load_config(args.run / "config.yaml", args.overrides, PolicyJobConfig)
+    else:
+        # The per-type DPO oracle is what NP-DPO is measured against.
+        defaults = ["run.name=bench-policy", "models=[npdpo,dpo,oracle]"]
+        job = load_config(args.config, [*defaults, *args.overrides], PolicyJobConfig)
+
+    if not {"npdpo", "dpo"} <= set(job.models):
+        parser.error(f"models must hold npdpo and dpo (the study compares them), not {job.models}")
 
     started = time.perf_counter()
-    policy = run_recipe(job, POLICY)
+    policy = rescore_run(job, POLICY, args.run) if args.run else run_recipe(job, POLICY)
     sizes = job.eval.context_sizes
     checks = accuracy_checks(policy.results, sizes)
     fit_minutes = (time.perf_counter() - started) / 60
 
     checkpoints = {kind: r["checkpoint"] for kind, r in policy.results.items()}
-    text, pairs = policy.splits.text["test"], policy.splits.pairs["test"]
+    split = job.eval.split
+    text, pairs = policy.splits.text[split], policy.splits.pairs[split]
     study = generation_study(job, checkpoints, text, pairs, args.prompts, args.max_new_tokens)
     checks.update(generation_checks(study, job))
-    plot_generation(study, job, policy.folder / "generated_attribute.png")
+    plot_generation(study, job, policy.folder / f"generated_attribute_{split}.png")
     minutes = (time.perf_counter() - started) / 60
 
     print(
@@ -98,7 +118,9 @@ def main() -> None:
         write_json(
             args.out,
             {
-                "config": job.model_dump(mode="json"),
+                # As run: with the NP-BTL checkpoint that started z's encoder.
+                "config": yaml.safe_load((policy.folder / "config.yaml").read_text()),
+                "split": split,
                 "minutes": minutes,
                 "context_sizes": sizes,
                 "implicit_accuracy": {

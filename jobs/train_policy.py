@@ -12,7 +12,7 @@ pairs first and starts z's encoder. Overrides, e.g.:
   models=[npdpo,dpo,oracle] policy.beta=0.1 policy.num_layers=4 train.zero_stage=3
   policy.encoder_init=RUN/checkpoints/npbtl/checkpoint_...   (an NP-BTL trained before)
 `models` holds registered policies and `oracle` (one DPO per user type); `data.source` a
-registered text source:
+registered source of text preference tables (both listed at the end).
 
 Prints the implicit-reward accuracy per user type vs context size (targets never in the context)
 and the run folder holding metrics.json, table.txt, implicit_accuracy.png and the checkpoints

@@ -8,7 +8,7 @@ Overrides use dotted keys into the config, e.g.:
   models=[npbtl] train.epochs=1 train.zero_stage=3 model.aggregation=attention
   data.source=parquet data.path=/data/prefs   (a folder with train/val/test.parquet)
 `models` holds registered reward models and `oracle` (one BTL per user type); `data.source` a
-registered data source:
+registered data source (both listed at the end).
 
 Prints the accuracy-vs-context table and the run folder holding metrics.json, table.txt,
 accuracy.png and the checkpoints.

@@ -67,6 +67,14 @@ def test_a_policy_sweep_checks_its_space_against_the_policy_job(tmp_path):
         check_space(*policy_sweep("space={policy.bta: {grid: [0.1]}}"))
     with pytest.raises(ConfigError, match="policy.beta"):
         check_space(*policy_sweep("space={policy.beta: {grid: [-1.0]}}"))
+    # The NP-BTL trained once before the trials fixes z's encoder dimensions; without it they
+    # can be searched.
+    with pytest.raises(ConfigError, match="space.policy.latent_dim: every trial starts from"):
+        check_space(*policy_sweep("space={policy.latent_dim: {grid: [16, 64]}}"))
+    free = policy_sweep(
+        "space={policy.latent_dim: {grid: [16, 64]}}", "overrides=[policy.encoder_job=null]"
+    )
+    assert check_space(*free).policy.encoder_job is None
 
 
 def read_trials(folder: Path) -> list[dict]:

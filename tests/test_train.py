@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from npalign.config import load_config
 from npalign.data.episodes import sample_episodes
@@ -136,7 +137,7 @@ def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_p
 
 def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
     from npalign.config import PolicyJobConfig
-    from npalign.recipes.outline import run_recipe
+    from npalign.recipes.outline import rescore_run, run_recipe
     from npalign.recipes.policy import POLICY
 
     job = load_config(
@@ -154,7 +155,6 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
             "policy.lora_rank=8",
             "policy.max_response_tokens=24",
             "policy.sft_weight=0",  # the training loss is then the DPO loss alone
-            "policy.encoder_job=null",  # z's encoder from scratch: no NP-BTL fit first
             "models=[npdpo]",
             "train.epochs=2",
             "train.lr=1e-3",
@@ -163,7 +163,17 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
         ],
         PolicyJobConfig,
     )
+    # The recipe first trains a small NP-BTL whose context encoder starts z's.
+    encoder_yaml = tmp_path / "encoder.yaml"
+    encoder_yaml.write_text(
+        "data: {num_targets: 4, train_episodes: 640, val_episodes: 64}\n"
+        "train: {batch_size: 64, epochs: 1}\neval: {num_episodes: 50}\n"
+    )
+    job.policy.encoder_job = str(encoder_yaml)
     run = run_recipe(job, POLICY)
+    encoder = run.earlier["npbtl"].results["npbtl"]["checkpoint"]
+    saved = yaml.safe_load((run.folder / "config.yaml").read_text())
+    assert saved["policy"]["encoder_init"] == encoder
     npdpo = run.results["npdpo"]
     states = [
         json.loads((c / "train_state.json").read_text())
@@ -178,6 +188,16 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
     assert (run.folder / "implicit_accuracy.png").exists()
     for m in (0, 3):
         assert 0 <= npdpo["average"][m]["mean"] <= 100
+        low, high = npdpo["average"][m]["ci"]
+        assert low <= npdpo["average"][m]["mean"] <= high
+
+    # The finished run scored again, nothing trained: the same test figures, and the validation
+    # split on request.
+    again = rescore_run(job, POLICY, run.folder)
+    assert again.results["npdpo"]["average"] == npdpo["average"]
+    on_val = job.model_copy(update={"eval": job.eval.model_copy(update={"split": "val"})})
+    val = rescore_run(on_val, POLICY, run.folder).results["npdpo"]
+    assert val["checkpoint"] == npdpo["checkpoint"] and set(val["average"]) == {0, 3}
 
 
 def test_a_bar_closed_twice_leaves_no_ghost_after_the_fit():

@@ -30,8 +30,16 @@ def job_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def registered(*registries: Registry) -> str:
-    """What the registries hold, for an entrypoint's --help."""
-    return "\n".join(f"registered {r.family} names: {', '.join(r.names())}" for r in registries)
+    """What the registries hold, each name with its description (or docstring's first line),
+    for an entrypoint's --help."""
+    lines = []
+    for registry in registries:
+        lines.append(f"registered {registry.family} names:")
+        for name in registry.names():
+            entry = registry[name]
+            about = getattr(entry, "description", None) or (entry.__doc__ or "").split("\n")[0]
+            lines.append(f"  {name:<12} {about}")
+    return "\n".join(lines)
 
 
 def run_checked(run: Callable[[], T]) -> T | None:

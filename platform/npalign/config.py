@@ -211,7 +211,11 @@ class TrainConfig(Strict):
 
 class EvalConfig(Strict):
     context_sizes: list[int] = [0, 1, 3, 5, 10]
-    num_episodes: int = Field(2_000, gt=0, description="test episodes per context size")
+    num_episodes: int = Field(2_000, gt=0, description="evaluation episodes per context size")
+    split: Literal["val", "test"] = Field(
+        "test",
+        description="the split scored: val to choose settings on, test once for what you report",
+    )
     seed: int = 1
 
 
@@ -234,6 +238,17 @@ class RewardJobConfig(Strict):
     @classmethod
     def _registered(cls, names: list[str]) -> list[str]:
         return registered_models(names, REWARD_MODELS)
+
+
+class DecodingConfig(Strict):
+    """How a policy writes by default: greedy, with HF generate's guards against loops. Saved
+    with the checkpoint, so the endpoint, jobs/generate.py and the benchmark's generation study
+    decode alike."""
+
+    repetition_penalty: float = Field(
+        1.0, ge=1.0, description="HF's: the logit of a token already in the sequence is divided"
+    )
+    no_repeat_ngram_size: int = Field(0, ge=0, description="no n-gram of this size twice; 0: off")
 
 
 class PolicyConfig(Strict):
@@ -271,6 +286,7 @@ class PolicyConfig(Strict):
     )
     max_prompt_tokens: int = Field(256, gt=0, description="longer prompts keep their last tokens")
     max_response_tokens: int = Field(160, gt=0, description="longer responses are cut")
+    decoding: DecodingConfig = DecodingConfig()
 
 
 class PolicyJobConfig(Strict):

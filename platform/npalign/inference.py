@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from npalign.config import DecodingConfig
 from npalign.data.embed import TextEncoder, embed_text
 from npalign.data.sequences import prompt_tokens
 from npalign.models.policy import PolicyCheckpoint
@@ -126,10 +127,12 @@ def generate(
     max_new_tokens: int | list[int] = 128,
     do_sample: bool = False,
     temperature: float = 1.0,
+    decoding: DecodingConfig | None = None,
 ) -> list[str]:
-    """One response per prompt, row i conditioned on z[i] (None: no FiLM, the plain policy).
-    `max_new_tokens` may differ per row (a server batching requests): the batch generates up to
-    the largest and each row keeps its own first tokens, which are what it alone would get."""
+    """One response per prompt, row i conditioned on z[i] (None: no FiLM, the plain policy),
+    decoded as `decoding` says (default: the checkpoint's). `max_new_tokens` may differ per row
+    (a server batching requests): the batch generates up to the largest and each row keeps its
+    own first tokens, which are what it alone would get."""
     tokenizer, policy = checkpoint.tokenizer, checkpoint.policy
     if z is not None and len(z) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(z)} latents: one z per prompt")
@@ -153,12 +156,15 @@ def generate(
     sampling = (
         {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
     )
+    decoding = decoding or checkpoint.decoding
     out = policy.generate(
         input_ids,
         attention,
         z,
         max_new_tokens=max(limits),
         pad_token_id=pad,
+        repetition_penalty=decoding.repetition_penalty,
+        no_repeat_ngram_size=decoding.no_repeat_ngram_size,
         **sampling,
     )
     return [

@@ -33,7 +33,14 @@ from typing import Any
 
 import yaml
 
-from npalign.config import RunSettings, SweepConfig, load_tree, set_dotted, validate_config
+from npalign.config import (
+    ConfigError,
+    RunSettings,
+    SweepConfig,
+    load_tree,
+    set_dotted,
+    validate_config,
+)
 from npalign.data.episodes import sample_train_val, write_episodes
 from npalign.files import new_run_folder, write_json, write_text
 from npalign.recipes.outline import Recipe, Splits
@@ -76,7 +83,13 @@ def check_space(base: dict, sweep: SweepConfig):
     """Every value (or range end) of every dimension must make a valid job config: a typo in a
     key or a wrong type fails here, before any trial runs. Returns the base config."""
     config = trial_config(base, sweep, {})
+    fixed = recipe_of(sweep.model).prepared_keys(config)
     for key, dim in sweep.space.items():
+        if key in fixed:
+            raise ConfigError(
+                f"space.{key}: every trial starts from what the sweep runs first (e.g. the "
+                f"policy's NP-BTL encoder, policy.encoder_job), which fixes {', '.join(fixed)}"
+            )
         for value in dim.values():
             trial_config(base, sweep, {key: value})
     return config
@@ -204,7 +217,7 @@ def resume_sweep(folder: Path) -> SweepRun:
     trial's fit resumes from its latest checkpoint)."""
     from ray import tune
 
-    from npalign.config import ConfigError, load_config
+    from npalign.config import load_config
 
     if not (folder / SWEEP_FILE).exists() or not (folder / TUNE_DIR).is_dir():
         raise ConfigError(f"{folder}: not a sweep folder (no {SWEEP_FILE} or {TUNE_DIR}/)")

@@ -39,10 +39,6 @@ class TokenizedPairs:
         )
 
 
-# Per split: the PairTable (embeddings, for contexts) and the row-aligned tokens (for targets).
-PolicyData = dict[str, tuple[PairTable, TokenizedPairs]]
-
-
 def prompt_tokens(tokenizer, prompt: str) -> list[int]:
     """The prompt as a user turn of the model's chat template, ready for the answer."""
     if not prompt.strip():

@@ -30,6 +30,7 @@ class DataSource:
     # Per-episode accuracy of the best possible predictor, where the source knows the users'
     # true rewards: (test pairs, episode table) → (episodes,) percent. Reported beside the models.
     limit: Callable[[PairTable, pa.Table], np.ndarray] | None = None
+    limit_label: str = "best possible"
 
 
 def steer_splits(data: DataConfig) -> dict[str, pa.Table]:
@@ -45,6 +46,7 @@ DATA_SOURCES.register("synthetic")(
         needs_path=False,
         description="the paper's §5.1 task, generated from data.synthetic",
         limit=bayes_accuracy,
+        limit_label="Bayes limit",
     )
 )
 DATA_SOURCES.register("parquet")(

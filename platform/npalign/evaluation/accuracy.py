@@ -22,15 +22,15 @@ from torch import nn
 from npalign.config import EvalConfig
 from npalign.data.episodes import collate, context_prefix, episode_arrays, sample_episodes
 from npalign.data.preferences import PairTable
-from npalign.evaluation.statistics import type_means
+from npalign.evaluation.statistics import mean_sem, type_means
 from npalign.files import atomic_path
 
 log = logging.getLogger(__name__)
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
-    sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return {"mean": float(values.mean()), "sem": float(sem), "episodes": int(len(values))}
+    summary = mean_sem(values)
+    return {"mean": summary["mean"], "sem": summary["sem"], "episodes": summary["n"]}
 
 
 def combine_types(per_type: list[dict[str, float]]) -> dict[str, float]:

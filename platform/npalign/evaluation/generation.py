@@ -20,28 +20,18 @@ from npalign.config import PolicyJobConfig
 from npalign.data.preferences import PairTable
 from npalign.data.steer import SCORERS, SENTENCE_END
 from npalign.evaluation.accuracy import save_plot
-from npalign.evaluation.statistics import mean_interval
+from npalign.evaluation.statistics import mean_interval, mean_sem
 from npalign.inference import ContextEmbeddings, generate, user_latents
 from npalign.models.policy import load_policy
 
 log = logging.getLogger(__name__)
 
 
-def mean_sem(values) -> dict[str, float]:
-    """Mean, its standard error and the count of a 1-d sample."""
-    values = np.asarray(values, dtype=float)
-    return {
-        "mean": float(values.mean()),
-        "sem": float(values.std(ddof=1) / np.sqrt(len(values))),
-        "n": len(values),
-    }
-
-
 def accuracy_checks(results: dict, sizes: list[int]) -> dict:
     """NP-DPO's implicit accuracy (`evaluate_by_context`'s intervals, a bootstrap over prompts):
-    A+B at the largest m, each type's rise from the smallest m to the largest (its paired
-    interval above 0), and no step in m where a type's accuracy falls (a paired interval of the
-    change wholly below 0)."""
+    A+B at the largest m, the gap to the per-type DPO oracle (when trained), each type's rise
+    from the smallest m to the largest (its paired interval above 0), and no step in m where a
+    type's accuracy falls (a paired interval of the change wholly below 0)."""
     npdpo, largest, smallest = results["npdpo"], max(sizes), min(sizes)
     total = npdpo["average"][largest]["sum"]
     checks = {
@@ -51,6 +41,15 @@ def accuracy_checks(results: dict, sizes: list[int]) -> dict:
             "pass": total["mean"] >= 140,
         }
     }
+    if "oracle" in results:
+        # The oracle's types are scored on episodes of their own: a gap of point estimates.
+        gaps = {
+            m: results["oracle"]["average"][m]["mean"] - npdpo["average"][m]["mean"] for m in sizes
+        }
+        checks[f"npdpo within 3 of the per-type oracle at m={largest}"] = {
+            "gap_by_m": gaps,
+            "pass": gaps[largest] <= 3,
+        }
     steps = [f"{a}->{b}" for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
     for user_type in npdpo["by_type"]:
         rise = npdpo["change"][f"{smallest}->{largest}"][user_type]
@@ -107,7 +106,8 @@ def generation_study(
                     ContextEmbeddings(np.where(b_chosen, b, a), np.where(b_chosen, a, b))
                 )
             started = time.perf_counter()
-            texts = generate(npdpo, prompts, user_latents(npdpo, contexts), tokens)
+            z = user_latents(npdpo, contexts)
+            texts = generate(npdpo, prompts, z, tokens, decoding=job.policy.decoding)
             values = [score(t) for t in texts]
             out["npdpo"][name][m] = {
                 **mean_sem(values),
@@ -125,9 +125,9 @@ def generation_study(
                 time.perf_counter() - started,
             )
     dpo = load_policy(Path(checkpoints["dpo"]))
-    pooled = generate(dpo, prompts, None, tokens)
+    pooled = generate(dpo, prompts, None, tokens, decoding=job.policy.decoding)
     with npdpo.policy.reference():  # LoRA and FiLM off: the base model
-        base = generate(npdpo, prompts, None, tokens)
+        base = generate(npdpo, prompts, None, tokens, decoding=job.policy.decoding)
     out["samples"]["dpo (pooled)"], out["samples"]["base"] = pooled[0], base[0]
     out["prompt_0"] = prompts[0]
     attributes = {t.attribute for t in types.values()}

@@ -17,6 +17,14 @@ RESAMPLES = 2000
 LEVEL = 0.95
 
 
+def mean_sem(values) -> dict[str, float]:
+    """Mean, its standard error (NaN for one value) and the count of a 1-d sample: a
+    description of the sample, not an interval for the independent unit."""
+    values = np.asarray(values, dtype=float)
+    sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": float(values.mean()), "sem": float(sem), "n": len(values)}
+
+
 def prompt_draws(prompts: np.ndarray, resamples: int = RESAMPLES, seed: int = 0):
     """(index of each row's prompt (rows,), how often each prompt is drawn (resamples, prompts))."""
     unique, index = np.unique(np.asarray(prompts, dtype=str), return_inverse=True)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npalign.config import EmbedConfig, PolicyConfig
+from npalign.config import DecodingConfig, EmbedConfig, PolicyConfig
 from npalign.data.sequences import PolicyBatch
 from npalign.files import atomic_path, write_json
 from npalign.models.context import ContextEncoder
@@ -344,6 +344,7 @@ class PolicyCheckpoint:
     use_latent: bool
     embed: EmbedConfig
     feature_dim: int
+    decoding: DecodingConfig
 
 
 def save_policy(
@@ -393,4 +394,5 @@ def load_policy(folder: Path) -> PolicyCheckpoint:
         spec["use_latent"],
         EmbedConfig.model_validate(spec["embed"]),
         spec["feature_dim"],
+        config.decoding,
     )

@@ -1,16 +1,18 @@
 """The one outline every training recipe follows: data → episodes → a run folder with the config
-copy → one Ray Train fit per model (and per user type for the oracle) → test-split evaluation →
+copy → one Ray Train fit per model (and per user type for the oracle) → evaluation →
 metrics.json, table.txt and a plot of accuracy vs context size.
 
 A recipe (`recipes/reward.py`, `recipes/policy.py`) supplies only what differs: what it runs
 first (the policy's NP-BTL encoder), how it loads its splits, fits one registered model and scores
-a checkpoint. The sweep reuses the same four.
-Everything that can be wrong with the input (config, data, context sizes) is checked before the
-run folder is created, so a bad input leaves nothing behind.
+a checkpoint. The sweep reuses the same four. The evaluation scores `eval.split`: the test split,
+once, for what is reported; the validation split while choosing settings. Everything that can be
+wrong with the input (config, data, context sizes) is checked before the run folder is created,
+so a bad input leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,7 +72,9 @@ class Run:
     @property
     def report(self) -> str:
         """The earlier runs' tables, then this run's."""
-        parts = [f"{name}:\n{run.table}" for name, run in self.earlier.items()]
+        parts = [
+            f"{name}, run first ({run.folder}):\n{run.table}" for name, run in self.earlier.items()
+        ]
         return "\n\n".join([*parts, self.table])
 
 
@@ -88,6 +92,8 @@ class Recipe:
     oracle_model: str  # the context-blind model fitted per user type for the oracle
     plot_file: str
     prepare: Callable[[Any], tuple[Any, dict[str, Run]]]
+    # Job keys what `prepare` ran depends on: a sweep, which prepares once, cannot vary them.
+    prepared_keys: Callable[[Any], tuple[str, ...]]
     load: Callable[[Any], Splits]
     fit: Callable[..., Any]
     evaluate: Callable[[Any, Path, Splits, str, EvalConfig], dict]
@@ -98,57 +104,101 @@ def nothing_first(job) -> tuple[Any, dict[str, Run]]:
     return job, {}
 
 
+def no_keys(job) -> tuple[str, ...]:
+    """`Recipe.prepared_keys` of a recipe that needs nothing run first."""
+    return ()
+
+
 def config_yaml(job) -> str:
     return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
 
 
 def limit_reference(job, test: PairTable) -> dict[str, list[float]]:
-    """The data source's best possible accuracy on the very test episodes the models are scored
-    on (sources that know the users' rewards: the synthetic task's Bayes limit)."""
-    limit = DATA_SOURCES[job.data.source].limit
-    if limit is None:
+    """The data source's best possible accuracy on the very episodes the models are scored on
+    (sources that know the users' rewards: the synthetic task's Bayes limit)."""
+    source = DATA_SOURCES[job.data.source]
+    if source.limit is None:
         return {}
     e = job.eval
     episodes = evaluation_episodes(
         test, e.context_sizes, e.num_episodes, job.data.num_targets, e.seed
     )
-    return {"Bayes limit": [float(limit(test, episodes[m]).mean()) for m in e.context_sizes]}
+    return {
+        source.limit_label: [float(source.limit(test, episodes[m]).mean()) for m in e.context_sizes]
+    }
 
 
 def fit_and_evaluate(job, recipe: Recipe, model: str, splits: Splits, files, folder: Path, name):
-    """One fit of `model`, then its test-split evaluation with checkpoint and train metrics."""
+    """One fit of `model`, then its evaluation (on `eval.split`) with checkpoint and train
+    metrics."""
     fit = recipe.fit(job, model, splits, files, folder / "checkpoints", name)
-    result = recipe.evaluate(job, Path(fit.checkpoint.path), splits, "test", job.eval)
+    result = recipe.evaluate(job, Path(fit.checkpoint.path), splits, job.eval.split, job.eval)
     return {**result, "checkpoint": fit.checkpoint.path, "train_metrics": fit.metrics}
 
 
-def fit_oracle(job, recipe: Recipe, splits: Splits, folder: Path) -> dict:
-    """The recipe's context-blind model once per user type, trained and scored on that type's
-    labels only: what a model that is told the type reaches."""
+def oracle_result(job, per_type: dict[str, dict]) -> dict:
+    """The oracle's result from each type's own (each scored on its type's episodes only)."""
     out: dict = {"average": {}, "by_type": {}, "checkpoint": {}, "train_metrics": {}}
-    for user_type in sorted(set(splits.pairs["train"].user_type)):
-        typed = splits.select_type(user_type)
-        name = f"{ORACLE}-{user_type}"
-        files = write_episodes(sample_train_val(job.data, typed.pairs), folder / "episodes" / name)
-        result = fit_and_evaluate(job, recipe, recipe.oracle_model, typed, files, folder, name)
+    for user_type, result in per_type.items():
         out["by_type"][user_type] = result["by_type"][user_type]
         out["checkpoint"][user_type] = result["checkpoint"]
-        out["train_metrics"][user_type] = result["train_metrics"]
+        out["train_metrics"][user_type] = result.get("train_metrics")
     for m in job.eval.context_sizes:
         out["average"][m] = combine_types([by_m[m] for by_m in out["by_type"].values()])
     return out
 
 
+def fit_oracle(job, recipe: Recipe, splits: Splits, folder: Path) -> dict:
+    """The recipe's context-blind model once per user type, trained and scored on that type's
+    labels only: what a model that is told the type reaches."""
+    per_type = {}
+    for user_type in sorted(set(splits.pairs["train"].user_type)):
+        typed = splits.select_type(user_type)
+        name = f"{ORACLE}-{user_type}"
+        files = write_episodes(sample_train_val(job.data, typed.pairs), folder / "episodes" / name)
+        per_type[user_type] = fit_and_evaluate(
+            job, recipe, recipe.oracle_model, typed, files, folder, name
+        )
+    return oracle_result(job, per_type)
+
+
+def rescore_run(job, recipe: Recipe, folder: Path) -> Run:
+    """The checkpoints of a finished run (its folder's metrics.json) scored again, on
+    `job.eval.split`, nothing trained: settings are chosen on the validation split, then the test
+    split is scored once. `job` is the run's config.yaml, maybe with other evaluation settings."""
+    fitted = json.loads((folder / "metrics.json").read_text())["results"]
+    splits = recipe.load(job)
+    split = job.eval.split
+    results = {}
+    for model, earlier in fitted.items():
+        if model == ORACLE:
+            per_type = {
+                user_type: recipe.evaluate(
+                    job, Path(checkpoint), splits.select_type(user_type), split, job.eval
+                )
+                | {"checkpoint": checkpoint}
+                for user_type, checkpoint in earlier["checkpoint"].items()
+            }
+            results[model] = oracle_result(job, per_type)
+        else:
+            checkpoint = Path(earlier["checkpoint"])
+            results[model] = recipe.evaluate(job, checkpoint, splits, split, job.eval)
+            results[model]["checkpoint"] = earlier["checkpoint"]
+    reference = limit_reference(job, splits.pairs[split])
+    table = format_table(results, job.eval.context_sizes, reference)
+    return Run(folder, results, reference, table, splits)
+
+
 def run_recipe(job, recipe: Recipe) -> Run:
     """The whole outline for `job` (a `recipe.schema` config)."""
-    job, earlier = recipe.prepare(job)
     splits = recipe.load(job)
-    # Sample every episode before creating the run folder: a context size that a user cannot
-    # fill raises here.
+    # Sample every episode before anything runs: a context size that a user cannot fill raises
+    # here, before what the recipe runs first and before the run folder.
     episodes = sample_train_val(job.data, splits.pairs)
     evaluation_episodes(
-        splits.pairs["test"], job.eval.context_sizes, 1, job.data.num_targets, job.eval.seed
+        splits.pairs[job.eval.split], job.eval.context_sizes, 1, job.data.num_targets, job.eval.seed
     )
+    job, earlier = recipe.prepare(job)
 
     folder = new_run_folder(job.run.output_dir, job.run.name)
     write_text(folder / "config.yaml", config_yaml(job))
@@ -164,7 +214,7 @@ def run_recipe(job, recipe: Recipe) -> Run:
         else:
             results[model] = fit_and_evaluate(job, recipe, model, splits, files, folder, model)
 
-    reference = limit_reference(job, splits.pairs["test"])
+    reference = limit_reference(job, splits.pairs[job.eval.split])
     sizes = job.eval.context_sizes
     table = format_table(results, sizes, reference)
     write_json(

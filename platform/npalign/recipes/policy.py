@@ -90,11 +90,25 @@ def encoder_job(job: PolicyJobConfig) -> RewardJobConfig:
     return validate_config(tree, RewardJobConfig, f"{path} (policy.encoder_job)")
 
 
+def needs_encoder(job: PolicyJobConfig) -> bool:
+    """An NP-BTL is to be trained first: the job names one, none is given, and a model reads z."""
+    reads_z = any(POLICY_MODELS[m].use_latent for m in job.models if m in POLICY_MODELS)
+    return bool(job.policy.encoder_job) and not job.policy.encoder_init and reads_z
+
+
+ENCODER_KEYS = ("policy.hidden_dim", "policy.latent_dim", "policy.aggregation")
+
+
+def encoder_keys(job: PolicyJobConfig) -> tuple[str, ...]:
+    """The policy recipe's `prepared_keys`: the trained encoder fixes z's encoder dimensions."""
+    return ENCODER_KEYS if needs_encoder(job) else ()
+
+
 def with_trained_encoder(job: PolicyJobConfig) -> tuple[PolicyJobConfig, dict[str, Run]]:
     """The policy recipe's `prepare`: when `job` names an `encoder_job` and no `encoder_init`,
     `job` with `policy.encoder_init` set to a freshly trained NP-BTL, and {"npbtl": its run};
     else `job` unchanged and {}."""
-    if not job.policy.encoder_job or job.policy.encoder_init:
+    if not needs_encoder(job):
         return job, {}
     encoder = run_recipe(encoder_job(job), REWARD)
     policy = job.policy.model_copy(update={"encoder_init": encoder.results["npbtl"]["checkpoint"]})
@@ -108,6 +122,7 @@ POLICY = Recipe(
     oracle_model="dpo",
     plot_file="implicit_accuracy.png",
     prepare=with_trained_encoder,
+    prepared_keys=encoder_keys,
     load=load_splits,
     fit=fit,
     evaluate=evaluate,

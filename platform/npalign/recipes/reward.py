@@ -9,7 +9,7 @@ from npalign.config import EvalConfig, RewardJobConfig
 from npalign.data.embed import embed_pairs
 from npalign.evaluation.accuracy import evaluate_reward_model
 from npalign.models.reward import load_reward_model
-from npalign.recipes.outline import Recipe, Splits, nothing_first
+from npalign.recipes.outline import Recipe, Splits, no_keys, nothing_first
 from npalign.registry import DATA_SOURCES, REWARD_MODELS
 
 
@@ -43,6 +43,7 @@ REWARD = Recipe(
     oracle_model="btl",
     plot_file="accuracy.png",
     prepare=nothing_first,
+    prepared_keys=no_keys,
     load=load_splits,
     fit=fit,
     evaluate=evaluate,
