@@ -156,7 +156,7 @@ def format_table(
     """One row per model (averaged over types), then one per (model, type); `reference` adds rows
     such as the Bayes limit. A cell is the mean and its prompt-bootstrap 95 % interval, or
     mean ± SEM where there is none (an oracle's average of separately scored types)."""
-    head = f"{'model':<22}" + "".join(f"{f'm={m}':>21}" for m in context_sizes)
+    head = f"{'model':<22}" + "".join(f"{f'm={m}':>22}" for m in context_sizes)
     lines = [head, "-" * len(head)]
 
     def cell(s: dict) -> str:
@@ -165,7 +165,7 @@ def format_table(
         return f"{s['mean']:6.2f} ± {s['sem']:4.2f}"
 
     def row(label: str, by_m: dict) -> str:
-        return f"{label:<22}" + "".join(f"{cell(by_m[m]):>21}" for m in context_sizes)
+        return f"{label:<22}" + "".join(f"{cell(by_m[m]):>22}" for m in context_sizes)
 
     for name, result in results.items():
         lines.append(row(name, result["average"]))
@@ -173,7 +173,7 @@ def format_table(
         for user_type, by_m in result["by_type"].items():
             lines.append(row(f"{name} [{user_type}]", by_m))
     for name, values in (reference or {}).items():
-        lines.append(f"{name:<22}" + "".join(f"{v:>21.2f}" for v in values))
+        lines.append(f"{name:<22}" + "".join(f"{v:>22.2f}" for v in values))
     return "\n".join(lines)
 
 
