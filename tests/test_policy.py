@@ -291,3 +291,17 @@ def test_cached_reference_logprobs_change_no_score(policy_and_base):
     assert references  # filled on the first pass
     cached = implicit_reward_accuracy(*args, references, batch_size=3)
     np.testing.assert_array_equal(fresh, cached)
+
+
+def test_a_row_that_fails_in_a_batch_fails_alone(smol_checkpoint):
+    """What the endpoint's batch does when one request's row still breaks `generate`: the other
+    rows get their answers, the broken one its own exception."""
+    from npalign.serving import generate_isolated
+
+    z = torch.zeros(3, LATENT)
+    prompts = ["What happened today?", "   ", "Any news?"]
+    out = generate_isolated(smol_checkpoint, prompts, z, [3, 3, 3])
+    assert isinstance(out[1], ValueError) and "prompt 0 is empty" in str(out[1])
+    assert [isinstance(o, str) for o in out] == [True, False, True]
+    alone = [generate_isolated(smol_checkpoint, [p], z[:1], [3])[0] for p in prompts[::2]]
+    assert [out[0], out[2]] == alone

@@ -26,6 +26,12 @@ NAN = json.dumps(
         "context_embeddings": {"chosen": [[math.nan] * 384], "rejected": [[0.0] * 384]},
     }
 )
+# Finite as a JSON float, infinite as float32.
+OVERFLOW = {"chosen": [[1e39] * 384], "rejected": [[0.0] * 384]}
+WIDE = {"chosen": [[0.0] * 1000], "rejected": [[0.0] * 1000]}
+MANY = CHOICES * 500  # 1,000 pairs: refused before any is embedded
+# Under max_prompt_tokens (64) as raw text, over it inside the chat template.
+TEMPLATE_OVERFLOW = "word " * 50
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +160,17 @@ def test_a_replica_restart_keeps_the_user(endpoint):
         ("/score", {"prompt": "Hi", "responses": [], "choices": CHOICES}, 422),
         ("/users/gina/choices", {"choices": []}, 422),
         ("/users/gina/choices", {}, 422),
+        ("/generate", {"prompt": "   ", "choices": CHOICES}, 422),
+        ("/generate", {"prompt": "Hi", "choices": [{**CHOICES[0], "chosen": " \n"}]}, 422),
+        ("/generate", {"prompt": TEMPLATE_OVERFLOW, "choices": CHOICES}, 413),
+        ("/generate", {"prompt": "Hi", "context_embeddings": OVERFLOW}, 422),
+        ("/generate", {"prompt": "Hi", "context_embeddings": WIDE}, 422),
+        ("/generate", {"prompt": "Hi", "choices": MANY}, 413),
+        ("/generate", {"prompt": "x" * 9_000, "choices": CHOICES}, 413),
+        ("/score", {"prompt": "Hi", "responses": ["y" * 9_000], "choices": CHOICES}, 413),
+        ("/users/gina/choices", {"choices": MANY}, 413),
+        ("/users/gina/choices", {"context_embeddings": OVERFLOW}, 422),
+        ("/generate", "x" * 10_000_000, 413),
     ],
 )
 def test_malformed_requests_get_a_4xx_and_the_replica_keeps_serving(endpoint, path, body, status):
@@ -166,3 +183,22 @@ def test_malformed_requests_get_a_4xx_and_the_replica_keeps_serving(endpoint, pa
     assert reply.status_code == status, reply.text
     assert reply.json()["detail"]  # a message saying what is wrong
     assert requests.get(url + "/health", timeout=30).status_code == 200
+
+
+def test_bad_requests_in_a_busy_batch_fail_alone(endpoint):
+    """Bad requests sent among good ones, all at once (the replica batches up to 8): each bad
+    one gets its 4xx and every good one its answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = endpoint
+    good = {"prompt": "What happened?", "choices": CHOICES, "max_new_tokens": 4}
+    bad = [
+        {**good, "prompt": "   "},
+        {**good, "prompt": TEMPLATE_OVERFLOW},
+        {**good, "context_embeddings": OVERFLOW, "choices": None},
+    ]
+    bodies = [good] * 6 + bad
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        replies = list(pool.map(lambda body: post(url, "/generate", body), bodies))
+    assert [r.status_code for r in replies[:6]] == [200] * 6
+    assert all(400 <= r.status_code < 500 for r in replies[6:]), [r.text for r in replies[6:]]

@@ -391,7 +391,13 @@ class ServeConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     max_context_pairs: int = Field(32, gt=0, description="a stored user uses their latest ones")
-    max_prompt_tokens: int = Field(512, gt=0)
+    max_body_bytes: int = Field(1_000_000, gt=0, description="a larger request body is a 413")
+    max_text_chars: int = Field(
+        8_000, gt=0, description="longest prompt, choice or response text, checked before any work"
+    )
+    max_prompt_tokens: int = Field(
+        512, gt=0, description="counted after the chat template, as the model reads it"
+    )
     max_new_tokens: int = Field(256, gt=0, description="the most a request may ask for")
     default_new_tokens: int = Field(128, gt=0)
     max_batch_size: int = Field(8, gt=0, description="1 turns dynamic batching off")

@@ -19,7 +19,7 @@ import contextlib
 import datetime
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -27,10 +27,11 @@ from fastapi import FastAPI, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from npalign.config import ServeConfig
+from npalign.data.sequences import prompt_tokens
 from npalign.files import cache_dir
 from npalign.inference import (
     Choice,
@@ -49,10 +50,19 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must hold more than whitespace")
+    return text
+
+
+Text = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+
+
 class ChoiceIn(Request):
-    prompt: str = Field(min_length=1)
-    chosen: str = Field(min_length=1, description="the response the user preferred")
-    rejected: str = Field(min_length=1)
+    prompt: Text
+    chosen: Text = Field(description="the response the user preferred")
+    rejected: Text
 
 
 class Embeddings(Request):
@@ -90,7 +100,7 @@ class Context(Request):
 
 
 class GenerateRequest(Context):
-    prompt: str = Field(min_length=1)
+    prompt: Text
     max_new_tokens: int | None = Field(None, gt=0)
 
 
@@ -100,8 +110,8 @@ class GenerateResponse(BaseModel):
 
 
 class ScoreRequest(Context):
-    prompt: str = Field(min_length=1)
-    responses: list[str] = Field(min_length=1, max_length=64)
+    prompt: Text
+    responses: list[Text] = Field(min_length=1, max_length=64)
 
 
 class ScoreResponse(BaseModel):
@@ -126,8 +136,12 @@ class UserSummary(BaseModel):
     updated: str  # ISO 8601, UTC
 
 
-def _embeddings(e: Embeddings) -> ContextEmbeddings:
-    return ContextEmbeddings(np.asarray(e.chosen, np.float32), np.asarray(e.rejected, np.float32))
+def texts_of(request: BaseModel) -> list[str]:
+    """Every free text of a request (prompt, choices, responses), for the length limit."""
+    out = [getattr(request, "prompt", None), *(getattr(request, "responses", None) or [])]
+    for choice in getattr(request, "choices", None) or []:
+        out += [choice.prompt, choice.chosen, choice.rejected]
+    return [t for t in out if t is not None]
 
 
 app = FastAPI(
@@ -136,12 +150,72 @@ app = FastAPI(
 )
 
 
+class BodyTooLarge(HTTPException):
+    """Raised while the body arrives; an HTTPException, so FastAPI answers it as it is."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body over {limit} bytes (max_body_bytes)")
+
+
+class BodyLimit:
+    """ASGI middleware: a body over the app's `state.max_body_bytes` is a 413 before it is
+    parsed, by its Content-Length or, without one, as soon as that many bytes have arrived."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = scope["app"].state.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            too_large = BodyTooLarge(limit)
+            reply = JSONResponse(status_code=413, content={"detail": too_large.detail})
+            await reply(scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, bounded, send)
+
+
+app.add_middleware(BodyLimit)
+app.state.max_body_bytes = ServeConfig.model_fields["max_body_bytes"].default
+
+
 @app.exception_handler(RequestValidationError)
 async def _invalid_request(request, error: RequestValidationError) -> JSONResponse:
     """FastAPI's own 422, without echoing the bad input back: a NaN in it cannot be written as
     JSON, which turned a malformed request into a 500."""
     errors = [{k: v for k, v in e.items() if k != "input"} for e in error.errors()]
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+
+def generate_isolated(
+    checkpoint, prompts: list[str], z: torch.Tensor, limits: list[int]
+) -> list[str | Exception]:
+    """The rows in one `generate` call; if that raises, each row alone, so a row that fails
+    (whatever got past validation) fails only its own request: its exception takes its place.
+    (Defined above the deployment: Serve captures the class and what it uses when decorating.)"""
+    try:
+        return generate(checkpoint, prompts, z, limits)
+    except Exception:
+        out: list[str | Exception] = []
+        for i in range(len(prompts)):
+            try:
+                out += generate(checkpoint, prompts[i : i + 1], z[i : i + 1], limits[i : i + 1])
+            except Exception as error:
+                out.append(error)
+        return out
 
 
 @serve.deployment(
@@ -157,8 +231,15 @@ class SteerableEndpoint:
         from npalign.user_store import SQLiteUserStore
 
         self.config = ServeConfig.model_validate(config)
+        app.state.max_body_bytes = self.config.max_body_bytes
         torch.set_num_threads(self.config.threads_per_replica)
         self.policy = load_policy(Path(self.config.policy))
+        positions = self.policy.policy.lm.config.max_position_embeddings
+        if self.config.max_prompt_tokens + self.config.max_new_tokens > positions:
+            raise ValueError(
+                f"max_prompt_tokens {self.config.max_prompt_tokens} + max_new_tokens "
+                f"{self.config.max_new_tokens} exceed the model's {positions} positions"
+            )
         self.reward = load_reward_model(self.config.reward) if self.config.reward else None
         if self.reward is not None:
             check_reward_model(self.reward, self.policy.feature_dim, self.config.reward)
@@ -173,25 +254,40 @@ class SteerableEndpoint:
 
     # --- contexts → z ----------------------------------------------------------------------
 
-    def _context(self, request: Context | AddChoicesRequest) -> ContextEmbeddings:
-        if request.context_embeddings is not None:
-            context = _embeddings(request.context_embeddings)
-        else:
-            choices = [Choice(c.prompt, c.chosen, c.rejected) for c in request.choices]
-            context = embed_choices(self.policy, [choices])[0]
-        if len(context.chosen) > self.config.max_context_pairs:
+    def _check_size(self, request: BaseModel) -> None:
+        """Counts and lengths within the limits, before any text is embedded or array built."""
+        limit = self.config.max_text_chars
+        longest = max((len(t) for t in texts_of(request)), default=0)
+        if longest > limit:
+            raise HTTPException(413, f"a text of {longest} characters: at most {limit}")
+        given = getattr(request, "choices", None) or getattr(request, "context_embeddings", None)
+        pairs = len(given.chosen) if isinstance(given, Embeddings) else len(given or [])
+        if pairs > self.config.max_context_pairs:
             raise HTTPException(
                 413,
-                f"{len(context.chosen)} context pairs: at most "
-                f"{self.config.max_context_pairs} (max_context_pairs)",
+                f"{pairs} context pairs: at most {self.config.max_context_pairs} "
+                "(max_context_pairs)",
             )
-        if context.chosen.shape[1] != self.policy.feature_dim:
+        if isinstance(given, Embeddings) and len(given.chosen[0]) != self.policy.feature_dim:
             raise HTTPException(
                 422,
-                f"context embeddings have dimension {context.chosen.shape[1]}; this model "
+                f"context embeddings have dimension {len(given.chosen[0])}; this model "
                 f"expects {self.policy.feature_dim}",
             )
-        return context
+
+    def _context(self, request: Context | AddChoicesRequest) -> ContextEmbeddings:
+        """The request's context as embeddings; call `_check_size` first. Runs in a thread."""
+        if request.context_embeddings is not None:
+            e = request.context_embeddings
+            context = ContextEmbeddings(
+                np.asarray(e.chosen, np.float32), np.asarray(e.rejected, np.float32)
+            )
+            # Finite as JSON floats, but 1e39 is infinite in float32 and would make z NaN.
+            if not (np.isfinite(context.chosen).all() and np.isfinite(context.rejected).all()):
+                raise HTTPException(422, "context embeddings must be finite as float32")
+            return context
+        choices = [Choice(c.prompt, c.chosen, c.rejected) for c in request.choices]
+        return embed_choices(self.policy, [choices])[0]
 
     def _stored(self, user_id: str):
         state = self.store.get(user_id)
@@ -216,6 +312,7 @@ class SteerableEndpoint:
 
     @app.post("/generate", response_model=GenerateResponse)
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        self._check_size(request)
         new_tokens = request.max_new_tokens or self.config.default_new_tokens
         if new_tokens > self.config.max_new_tokens:
             raise HTTPException(
@@ -223,51 +320,67 @@ class SteerableEndpoint:
                 f"max_new_tokens {new_tokens} is over this endpoint's limit of "
                 f"{self.config.max_new_tokens}",
             )
-        prompt_tokens = len(self.policy.tokenizer(request.prompt)["input_ids"])
-        if prompt_tokens > self.config.max_prompt_tokens:
+        # As the model reads it: inside the chat template.
+        length = len(prompt_tokens(self.policy.tokenizer, request.prompt))
+        if length > self.config.max_prompt_tokens:
             raise HTTPException(
-                413, f"prompt has {prompt_tokens} tokens: at most {self.config.max_prompt_tokens}"
+                413,
+                f"prompt has {length} tokens in the chat template: at most "
+                f"{self.config.max_prompt_tokens}",
             )
-        z, pairs = self._latent(request)
+        z, pairs = await asyncio.to_thread(self._latent, request)
         response = await self._generate_batch((request.prompt, z, new_tokens))
+        if isinstance(response, ValueError):
+            raise HTTPException(422, str(response))
+        if isinstance(response, Exception):
+            raise HTTPException(500, f"generation failed for this request: {response}")
         return GenerateResponse(response=response, context_pairs=pairs)
 
     @serve.batch
-    async def _generate_batch(self, rows: list[tuple[str, torch.Tensor, int]]) -> list[str]:
-        """Requests of different users in one `generate` call, a z and a length limit per row."""
+    async def _generate_batch(
+        self, rows: list[tuple[str, torch.Tensor, int]]
+    ) -> list[str | Exception]:
+        """Requests of different users in one `generate` call, a z and a length limit per row;
+        a row that fails gets its exception back, and only that row (`generate_isolated`)."""
         prompts = [r[0] for r in rows]
         z = torch.stack([r[1] for r in rows])
         limits = [r[2] for r in rows]
         # generate is compute-bound: run it off the event loop so requests keep being accepted.
-        return await asyncio.to_thread(generate, self.policy, prompts, z, limits)
+        return await asyncio.to_thread(generate_isolated, self.policy, prompts, z, limits)
 
     @app.post("/score", response_model=ScoreResponse)
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         if self.reward is None:
             raise HTTPException(404, "scoring needs an NP-BTL reward model (config: reward)")
+        self._check_size(request)
         if request.user_id is None:
-            context = self._context(request)
+            context = await asyncio.to_thread(self._context, request)
         else:
-            _, context = self._stored(request.user_id)
-        options = embed_responses(self.policy, request.prompt, request.responses)
+            _, context = await asyncio.to_thread(self._stored, request.user_id)
+        options = await asyncio.to_thread(
+            embed_responses, self.policy, request.prompt, request.responses
+        )
         scores = user_rewards(self.reward, context, options)
         return ScoreResponse(scores=scores.tolist(), context_pairs=len(context.chosen))
 
     @app.post("/users/{user_id}/choices", response_model=UserSummary)
     async def add_choices(self, user_id: str, request: AddChoicesRequest) -> UserSummary:
-        context = self._context(request)
-        state = self.store.add_choices(user_id, context.chosen, context.rejected)
+        self._check_size(request)
+        context = await asyncio.to_thread(self._context, request)
+        state = await asyncio.to_thread(
+            self.store.add_choices, user_id, context.chosen, context.rejected
+        )
         return self._summary(state)
 
     @app.get("/users/{user_id}", response_model=UserSummary)
     async def user(self, user_id: str) -> UserSummary:
-        state, _ = self._stored(user_id)
+        state, _ = await asyncio.to_thread(self._stored, user_id)
         return self._summary(state)
 
     @app.delete("/users/{user_id}", status_code=204)
     async def delete_user(self, user_id: str) -> None:
         self.latents.pop(user_id, None)
-        if not self.store.delete(user_id):
+        if not await asyncio.to_thread(self.store.delete, user_id):
             raise HTTPException(404, f"unknown user {user_id!r}")
 
     @app.get("/health")
