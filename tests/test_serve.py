@@ -133,7 +133,7 @@ def test_a_replica_restart_keeps_the_user(endpoint):
             reply = requests.get(url + "/users/frank", timeout=30)
             if reply.status_code == 200:
                 break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # the replica is still starting
             pass
         time.sleep(1)
     assert reply.status_code == 200 and reply.json()["choices"] == 2
@@ -202,3 +202,16 @@ def test_bad_requests_in_a_busy_batch_fail_alone(endpoint):
         replies = list(pool.map(lambda body: post(url, "/generate", body), bodies))
     assert [r.status_code for r in replies[:6]] == [200] * 6
     assert all(400 <= r.status_code < 500 for r in replies[6:]), [r.text for r in replies[6:]]
+
+
+def test_a_retried_post_adds_nothing_and_a_user_created_again_starts_afresh(endpoint):
+    url, _ = endpoint
+    body = {"choices": CHOICES, "request_id": "post-1"}
+    assert post(url, "/users/kim/choices", body).json()["choices"] == 2
+    assert post(url, "/users/kim/choices", body).json()["choices"] == 2  # the retry
+    assert post(url, "/generate", {"prompt": "Hi", "user_id": "kim"}).status_code == 200
+    assert requests.delete(url + "/users/kim", timeout=30).status_code == 204
+    again = post(url, "/users/kim/choices", {"choices": CHOICES[:1], "request_id": "post-1"})
+    assert again.json()["choices"] == 1  # a new user: the old request id is gone with the old one
+    reply = post(url, "/generate", {"prompt": "Hi", "user_id": "kim"})
+    assert reply.status_code == 200 and reply.json()["context_pairs"] == 1

@@ -44,3 +44,53 @@ def test_delete_leaves_nothing_of_the_user_in_the_files(tmp_path):
     assert secret[0].tobytes()[:16] not in files
     assert (-secret[0]).tobytes()[:16] not in files
     assert b"carol" not in files
+
+
+def test_versions_never_repeat_across_delete_and_create_again(tmp_path):
+    """A replica caches z by version: a user deleted and created again must not match it."""
+    store = SQLiteUserStore(tmp_path / "users.db")
+    first = store.add_choices("erin", np.ones((1, 4)), np.zeros((1, 4)))
+    store.add_choices("frank", np.ones((1, 4)), np.zeros((1, 4)))
+    assert store.delete("erin")
+    again = store.add_choices("erin", np.ones((1, 4)), np.zeros((1, 4)))
+    assert again.version > first.version and len(again.chosen) == 1
+
+
+def test_a_user_keeps_only_the_latest_choices(tmp_path):
+    store = SQLiteUserStore(tmp_path / "users.db", max_choices=3)
+    for i in range(5):
+        store.add_choices("gina", np.full((1, 2), i), np.zeros((1, 2)))
+    state = store.add_choices("gina", np.full((2, 2), 5), np.zeros((2, 2)))
+    assert state.chosen[:, 0].tolist() == [4, 5, 5]
+
+
+def test_a_retried_post_with_the_same_request_id_adds_nothing(tmp_path):
+    store = SQLiteUserStore(tmp_path / "users.db")
+    first = store.add_choices("hana", np.ones((2, 4)), np.zeros((2, 4)), request_id="r1")
+    retry = store.add_choices("hana", np.ones((2, 4)), np.zeros((2, 4)), request_id="r1")
+    assert retry.version == first.version and len(retry.chosen) == 2
+    other = store.add_choices("hana", np.ones((1, 4)), np.zeros((1, 4)), request_id="r2")
+    assert len(other.chosen) == 3
+    assert store.add_choices("ivan", np.ones((1, 4)), np.zeros((1, 4)), request_id="r1")
+
+
+def test_a_delete_that_cannot_empty_the_log_says_so(tmp_path):
+    """A reader holding a snapshot keeps the WAL checkpoint from finishing: the delete must
+    report it, and a second delete once the reader is gone erases everything."""
+    import sqlite3
+
+    from npalign.user_store import EraseIncomplete
+
+    store = SQLiteUserStore(tmp_path / "users.db")
+    secret = np.full((1, 8), 4321.5, np.float32)
+    store.add_choices("jude", secret, -secret)
+    reader = sqlite3.connect(tmp_path / "users.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM choices").fetchall()  # holds its snapshot open
+    with pytest.raises(EraseIncomplete, match="delete again"):
+        store.delete("jude")
+    reader.execute("COMMIT")
+    reader.close()
+    assert not store.delete("jude")  # gone already; this time the log is emptied
+    files = b"".join(p.read_bytes() for p in tmp_path.glob("users.db*"))
+    assert secret.tobytes() not in files

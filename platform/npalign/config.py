@@ -391,6 +391,8 @@ class ServeConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     max_context_pairs: int = Field(32, gt=0, description="a stored user uses their latest ones")
+    max_stored_choices: int = Field(256, gt=0, description="a stored user keeps their latest")
+    max_cached_users: int = Field(10_000, gt=0, description="z's cached per replica, LRU")
     max_body_bytes: int = Field(1_000_000, gt=0, description="a larger request body is a 413")
     max_text_chars: int = Field(
         8_000, gt=0, description="longest prompt, choice or response text, checked before any work"

@@ -17,6 +17,7 @@ Malformed input is a 4xx with a message; the replica keeps serving.
 import asyncio
 import contextlib
 import datetime
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,6 +44,7 @@ from npalign.inference import (
     user_latents,
     user_rewards,
 )
+from npalign.user_store import EraseIncomplete, SQLiteUserStore
 
 
 class Request(BaseModel):
@@ -122,6 +124,12 @@ class ScoreResponse(BaseModel):
 class AddChoicesRequest(Request):
     choices: list[ChoiceIn] | None = Field(None, min_length=1)
     context_embeddings: Embeddings | None = None
+    request_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the client's id for this post: a retry with the same id adds nothing",
+    )
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -228,7 +236,6 @@ class SteerableEndpoint:
     def __init__(self, config: dict[str, Any]):
         from npalign.models.policy import load_policy
         from npalign.models.reward import load_reward_model
-        from npalign.user_store import SQLiteUserStore
 
         self.config = ServeConfig.model_validate(config)
         app.state.max_body_bytes = self.config.max_body_bytes
@@ -243,8 +250,12 @@ class SteerableEndpoint:
         self.reward = load_reward_model(self.config.reward) if self.config.reward else None
         if self.reward is not None:
             check_reward_model(self.reward, self.policy.feature_dim, self.config.reward)
-        self.store = SQLiteUserStore(self.config.store or cache_dir("users.db"))
-        self.latents: dict[str, tuple[int, torch.Tensor]] = {}  # user → (store version, z)
+        self.store = SQLiteUserStore(
+            self.config.store or cache_dir("users.db"), self.config.max_stored_choices
+        )
+        # user → (store version, z), least recently used first; versions never repeat, so an
+        # entry of a user deleted and created again is never served.
+        self.latents: OrderedDict[str, tuple[int, torch.Tensor]] = OrderedDict()
         batch = self._generate_batch
         batch.set_max_batch_size(self.config.max_batch_size)
         batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
@@ -305,7 +316,10 @@ class SteerableEndpoint:
         cached = self.latents.get(request.user_id)
         if cached is None or cached[0] != state.version:
             cached = (state.version, user_latents(self.policy, [context])[0])
-            self.latents[request.user_id] = cached
+        self.latents[request.user_id] = cached
+        self.latents.move_to_end(request.user_id)
+        while len(self.latents) > self.config.max_cached_users:
+            self.latents.popitem(last=False)
         return cached[1], len(context.chosen)
 
     # --- endpoints -------------------------------------------------------------------------
@@ -367,9 +381,16 @@ class SteerableEndpoint:
     async def add_choices(self, user_id: str, request: AddChoicesRequest) -> UserSummary:
         self._check_size(request)
         context = await asyncio.to_thread(self._context, request)
-        state = await asyncio.to_thread(
-            self.store.add_choices, user_id, context.chosen, context.rejected
-        )
+        try:
+            state = await asyncio.to_thread(
+                self.store.add_choices,
+                user_id,
+                context.chosen,
+                context.rejected,
+                request.request_id,
+            )
+        except KeyError:
+            raise HTTPException(409, f"user {user_id!r} was deleted meanwhile") from None
         return self._summary(state)
 
     @app.get("/users/{user_id}", response_model=UserSummary)
@@ -379,8 +400,14 @@ class SteerableEndpoint:
 
     @app.delete("/users/{user_id}", status_code=204)
     async def delete_user(self, user_id: str) -> None:
+        """204: deleted and erased. 503: deleted, but some bytes are still in the store's log
+        (retry). 404: no such user (nothing of them is stored)."""
         self.latents.pop(user_id, None)
-        if not await asyncio.to_thread(self.store.delete, user_id):
+        try:
+            found = await asyncio.to_thread(self.store.delete, user_id)
+        except EraseIncomplete as error:
+            raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from None
+        if not found:
             raise HTTPException(404, f"unknown user {user_id!r}")
 
     @app.get("/health")

@@ -3,8 +3,13 @@ rejected response (never the raw text), shared by every replica and kept across 
 
 The embedded default is one SQLite file (WAL, so readers never block the writer; replicas on
 one node share it). `secure_delete` overwrites a deleted user's bytes and a WAL checkpoint
-follows each delete, so after `delete` nothing of theirs is left in the file. Another backend
-(Redis, Postgres) only needs the three methods of `UserStore`.
+follows each delete, so after `delete` nothing of theirs is left in the file; when a concurrent
+reader keeps the checkpoint from finishing, `delete` says so (`EraseIncomplete`) instead of
+returning as if it had. Versions come from one store-wide counter, so a user deleted and
+created again never gets a version a replica may still hold a cached z for. A user keeps their
+latest `max_choices` choices; a post carrying a request id already seen for that user changes
+nothing (a client retrying after a lost reply). Another backend only needs the methods of
+`UserStore`.
 """
 
 from __future__ import annotations
@@ -27,8 +32,18 @@ class UserState:
     version: int  # +1 on every change: a cached z is valid while the version is unchanged
 
 
+class EraseIncomplete(RuntimeError):
+    """The user is deleted, but some of their bytes are still in the write-ahead log."""
+
+
 class UserStore(Protocol):
-    def add_choices(self, user_id: str, chosen: np.ndarray, rejected: np.ndarray) -> UserState: ...
+    def add_choices(
+        self,
+        user_id: str,
+        chosen: np.ndarray,
+        rejected: np.ndarray,
+        request_id: str | None = None,
+    ) -> UserState: ...
 
     def get(self, user_id: str) -> UserState | None: ...
 
@@ -42,15 +57,21 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS choices (
     user_id TEXT NOT NULL, seq INTEGER NOT NULL, chosen BLOB NOT NULL, rejected BLOB NOT NULL,
     PRIMARY KEY (user_id, seq));
+CREATE TABLE IF NOT EXISTS requests (
+    user_id TEXT NOT NULL, request_id TEXT NOT NULL, PRIMARY KEY (user_id, request_id));
+CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER);
+INSERT OR IGNORE INTO counter VALUES (0, 0);
 """
+CHECKPOINT_TRIES = 20  # readers hold a snapshot for milliseconds: retry the checkpoint briefly
 
 
 class SQLiteUserStore:
     """A UserStore in one SQLite file; a connection per call, so threads and processes share
     it safely."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, max_choices: int = 256):
         self.path = Path(path)
+        self.max_choices = max_choices
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -61,7 +82,13 @@ class SQLiteUserStore:
         db.execute("PRAGMA secure_delete=ON")
         return db
 
-    def add_choices(self, user_id: str, chosen: np.ndarray, rejected: np.ndarray) -> UserState:
+    def add_choices(
+        self,
+        user_id: str,
+        chosen: np.ndarray,
+        rejected: np.ndarray,
+        request_id: str | None = None,
+    ) -> UserState:
         chosen = np.ascontiguousarray(chosen, dtype=np.float32)
         rejected = np.ascontiguousarray(rejected, dtype=np.float32)
         if chosen.ndim != 2 or chosen.shape != rejected.shape or not len(chosen):
@@ -73,6 +100,15 @@ class SQLiteUserStore:
         db = self._connect()
         try:
             db.execute("BEGIN IMMEDIATE")  # one writer at a time: seq numbers stay unique
+            if (
+                request_id is not None
+                and db.execute(
+                    "SELECT 1 FROM requests WHERE user_id = ? AND request_id = ?",
+                    (user_id, request_id),
+                ).fetchone()
+            ):
+                db.execute("ROLLBACK")
+                return self._existing(user_id)
             row = db.execute(
                 "SELECT dim, version FROM users WHERE user_id = ?", (user_id,)
             ).fetchone()
@@ -91,15 +127,24 @@ class SQLiteUserStore:
                     for i, (c, r) in enumerate(zip(chosen, rejected, strict=True))
                 ],
             )
+            # Only the latest max_choices are kept.
+            db.execute(
+                "DELETE FROM choices WHERE user_id = ? AND seq < ?",
+                (user_id, start + len(chosen) - self.max_choices),
+            )
+            if request_id is not None:
+                db.execute("INSERT INTO requests VALUES (?, ?)", (user_id, request_id))
+            db.execute("UPDATE counter SET value = value + 1")
+            version = db.execute("SELECT value FROM counter").fetchone()[0]
             if row:
                 db.execute(
-                    "UPDATE users SET version = version + 1, updated = ? WHERE user_id = ?",
-                    (now, user_id),
+                    "UPDATE users SET version = ?, updated = ? WHERE user_id = ?",
+                    (version, now, user_id),
                 )
             else:
                 db.execute(
-                    "INSERT INTO users VALUES (?, ?, 1, ?, ?)",
-                    (user_id, chosen.shape[1], now, now),
+                    "INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+                    (user_id, chosen.shape[1], version, now, now),
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -107,8 +152,12 @@ class SQLiteUserStore:
             raise
         finally:
             db.close()
+        return self._existing(user_id)
+
+    def _existing(self, user_id: str) -> UserState:
         state = self.get(user_id)
-        assert state is not None
+        if state is None:  # deleted by another request in between
+            raise KeyError(user_id)
         return state
 
     def get(self, user_id: str) -> UserState | None:
@@ -132,14 +181,27 @@ class SQLiteUserStore:
         return UserState(user_id, stack(0), stack(1), updated, version)
 
     def delete(self, user_id: str) -> bool:
+        """True if the user existed. Raises EraseIncomplete when their rows are deleted but the
+        write-ahead log could not be emptied (a reader held it for every try): call again."""
         db = self._connect()
         try:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM choices WHERE user_id = ?", (user_id,))
+            db.execute("DELETE FROM requests WHERE user_id = ?", (user_id,))
             found = db.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount > 0
             db.execute("COMMIT")
-            # Move the change from the write-ahead log into the (zeroed) pages and empty the log.
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Move the change from the write-ahead log into the (zeroed) pages and empty the log:
+            # (busy, log pages, checkpointed pages); busy 1 means a reader kept it from finishing.
+            # The checkpoint waits on readers through the busy handler: a short wait a try.
+            db.execute("PRAGMA busy_timeout = 50")
+            for _ in range(CHECKPOINT_TRIES):
+                busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return found
+                time.sleep(0.05)
         finally:
             db.close()
-        return found
+        raise EraseIncomplete(
+            f"user {user_id!r} is deleted, but a concurrent reader kept their bytes in "
+            f"{self.path.name}-wal: delete again to erase them"
+        )
