@@ -114,8 +114,9 @@ def evaluate_by_context(
             started = time.perf_counter()
             correct[m] = score(episodes_by_m[m])
             log.info(
-                "scored %d test episodes with %d context pairs: %.1f %% (%.0f s)",
+                "scored %d %s episodes with %d context pairs: %.1f %% (%.0f s)",
                 len(correct[m]),
+                settings.split,
                 m,
                 correct[m].mean(),
                 time.perf_counter() - started,
