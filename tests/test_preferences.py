@@ -65,3 +65,18 @@ def test_pair_in_two_splits_is_refused(tmp_path):
     write_pairs(small_table(prefix="a"), tmp_path / "test.parquet")
     with pytest.raises(PreferenceDataError, match="in both train and test"):
         read_splits(tmp_path)
+
+
+def test_a_pair_labelled_twice_by_one_user_and_an_empty_table_are_errors(tmp_path):
+    table = small_table(rows=6)
+    arrow = table.to_arrow()
+    twice = pa.concat_tables([arrow, arrow.slice(2, 1)])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    with pytest.raises(
+        PreferenceDataError,
+        match=r"twice.parquet: row 6: user 'u0' labels pair 'p2' again \(first at row 2\)",
+    ):
+        read_pairs(tmp_path / "twice.parquet")
+    pq.write_table(arrow.slice(0, 0), tmp_path / "empty.parquet")
+    with pytest.raises(PreferenceDataError, match="empty.parquet: no rows"):
+        read_pairs(tmp_path / "empty.parquet")

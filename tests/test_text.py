@@ -1,4 +1,5 @@
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -95,4 +96,40 @@ def test_text_splits_are_checked_for_prompts_in_two_splits(tmp_path):
         pq.read_table(tmp_path / "val.parquet").drop_columns(["prompt"]), tmp_path / "val.parquet"
     )
     with pytest.raises(PreferenceDataError, match="val.parquet: missing column.*prompt"):
+        read_text_splits(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "row,column,value,message",
+    [
+        (2, "choice", 2, "row 2, column 'choice': expected 0 (a) or 1 (b), found 2"),
+        (1, "choice", -1, "row 1, column 'choice': expected 0 (a) or 1 (b), found -1"),
+        (3, "prompt", None, "row 3, column 'prompt': missing or empty text"),
+        (0, "response_b", "   ", "row 0, column 'response_b': missing or empty text"),
+    ],
+)
+def test_a_bad_text_row_names_its_file_row_and_column(tmp_path, row, column, value, message):
+    text_splits(tmp_path)
+    path = tmp_path / "val.parquet"
+    rows = pq.read_table(path).to_pylist()
+    rows[row][column] = value
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(PreferenceDataError, match=re.escape(f"{path}: {message}")):
+        read_text_splits(tmp_path)
+
+
+def test_a_pair_labelled_twice_by_one_user_empty_and_truncated_splits_are_errors(tmp_path):
+    text_splits(tmp_path)
+    path = tmp_path / "train.parquet"
+    rows = pq.read_table(path).to_pylist()
+    pq.write_table(pa.Table.from_pylist(rows + rows[1:2]), path)
+    with pytest.raises(
+        PreferenceDataError, match=r"row 4: user 'u0' labels pair .* again \(first at row 1\)"
+    ):
+        read_text_splits(tmp_path)
+    pq.write_table(pa.Table.from_pylist(rows[:0], schema=pq.read_schema(path)), path)
+    with pytest.raises(PreferenceDataError, match="no rows"):
+        read_text_splits(tmp_path)
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(PreferenceDataError, match=f"{path}: not a readable parquet file"):
         read_text_splits(tmp_path)

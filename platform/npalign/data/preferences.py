@@ -95,6 +95,21 @@ def _features(table: pa.Table, column: str, source: str) -> np.ndarray:
     return array
 
 
+def check_labels(pair_id, user, source: str) -> None:
+    """At least one row, and each user labels a pair once: a second row of the same (user,
+    pair) could land in an episode's context and its targets at once, inflating accuracy."""
+    if not len(pair_id):
+        raise PreferenceDataError(f"{source}: no rows (an empty split)")
+    first: dict[tuple, int] = {}
+    for row, key in enumerate(zip(user, pair_id, strict=True)):
+        if key in first:
+            raise PreferenceDataError(
+                f"{source}: row {row}: user {key[0]!r} labels pair {key[1]!r} again "
+                f"(first at row {first[key]})"
+            )
+        first[key] = row
+
+
 def pairs_from_arrow(table: pa.Table, source: str = "<table>") -> PairTable:
     """Validate an arrow table against the schema; errors name `source`, the row and the column."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
@@ -122,12 +137,14 @@ def pairs_from_arrow(table: pa.Table, source: str = "<table>") -> PairTable:
             f"features_b {features_b.shape[1]}"
         )
     user = np.asarray(table.column("user").to_pylist(), dtype=object)
+    pair_id = np.asarray(table.column("pair_id").to_pylist(), dtype=object)
+    check_labels(pair_id, user, source)
     if "user_type" in table.column_names:
         user_type = np.asarray(table.column("user_type").to_pylist(), dtype=object)
     else:
         user_type = user
     return PairTable(
-        pair_id=np.asarray(table.column("pair_id").to_pylist(), dtype=object),
+        pair_id=pair_id,
         prompt_id=np.asarray(table.column("prompt_id").to_pylist(), dtype=object),
         features_a=features_a,
         features_b=features_b,

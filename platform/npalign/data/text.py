@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from npalign.config import TextSourceConfig
-from npalign.data.preferences import SPLITS, PreferenceDataError
+from npalign.data.preferences import SPLITS, PreferenceDataError, check_labels
 from npalign.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,23 @@ def split_by_prompt(
     return out
 
 
+def check_text_table(table: pa.Table, source: str) -> None:
+    """Every text present and not blank, choices 0 or 1, each (user, pair) once."""
+    columns = table.to_pydict()
+    for column in ("pair_id", "prompt_id", "prompt", "response_a", "response_b", "user"):
+        for row, value in enumerate(columns[column]):
+            if not isinstance(value, str) or not value.strip():
+                raise PreferenceDataError(
+                    f"{source}: row {row}, column {column!r}: missing or empty text"
+                )
+    for row, choice in enumerate(columns["choice"]):
+        if choice not in (0, 1):
+            raise PreferenceDataError(
+                f"{source}: row {row}, column 'choice': expected 0 (a) or 1 (b), found {choice}"
+            )
+    check_labels(columns["pair_id"], columns["user"], source)
+
+
 def read_text_splits(folder: str | Path) -> dict[str, pa.Table]:
     """train/val/test.parquet in the text preference format; a missing column or a prompt in two
     splits is an error that names the file."""
@@ -174,11 +191,15 @@ def read_text_splits(folder: str | Path) -> dict[str, pa.Table]:
         path = Path(folder) / f"{split}.parquet"
         if not path.exists():
             raise PreferenceDataError(f"{path}: not found (a text data folder holds {SPLITS})")
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise PreferenceDataError(f"{path}: not a readable parquet file: {e}") from e
         missing = [c for c in TEXT_COLUMNS if c not in table.column_names]
         if missing:
             raise PreferenceDataError(f"{path}: missing column(s) {missing}")
         tables[split] = table.select(list(TEXT_COLUMNS))
+        check_text_table(tables[split], str(path))
     prompts = {s: set(t.column("prompt_id").to_pylist()) for s, t in tables.items()}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         shared = prompts[a] & prompts[b]
