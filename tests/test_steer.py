@@ -91,3 +91,11 @@ def test_the_prompt_template_is_the_configs_and_must_hold_the_lead():
     assert rows and {r["prompt"] for r in rows} <= {f"Briefly: {lead}" for lead in leads}
     with pytest.raises(ValidationError, match="prompt"):
         SteerConfig(prompt="What happened?")
+
+
+def test_the_whole_task_labels_each_pair_once_per_user():
+    """The corpus repeats stories; the task must not repeat their pairs (a repeated label could
+    sit in an episode's context and its targets at once). read_text_splits checks it."""
+    for config in (SteerConfig(), SteerConfig(max_sentences=3, pairs_per_prompt=8)):
+        tables = read_text_splits(build_steer(config))
+        assert sum(t.num_rows for t in tables.values()) > 1000

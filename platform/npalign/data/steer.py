@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 # Bumped when the way responses are composed changes, so old caches are not reused.
-VERSION = 1
+VERSION = 2
 
 
 def corpus_path() -> Path:
@@ -162,10 +162,16 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
     rng = np.random.default_rng(config.seed)
     rows: list[dict[str, Any]] = []
     labelled = conflicting = 0
+    # The corpus repeats a few stories: a repeat's pairs would be labelled twice and could sit
+    # in an episode's context and its targets at once. A repeat is drawn like any story (the
+    # random stream, and so every other story's answers, stay as they are) and then dropped.
+    seen_prompts: set[str] = set()
+    seen_pairs: set[str] = set()
     for story in load_stories()[: config.stories]:
         if len(story) < 3:
             continue  # a lead and at most one sentence: every answer has the same length
         prompt = config.prompt.replace("{lead}", story[0])
+        repeat = prompt in seen_prompts
         candidates = responses(story, config.max_sentences, rng)
         kept = []
         for a, b in itertools.combinations(candidates, 2):
@@ -183,6 +189,9 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
             if rng.random() < 0.5:  # which side the preferred answer is on carries no signal
                 a, b, choices = b, a, [1 - c for c in choices]
             pair_id = text_id(prompt, a, b)
+            if repeat or pair_id in seen_pairs:
+                continue
+            seen_pairs.add(pair_id)
             for user_type, choice in zip(config.types, choices, strict=True):
                 rows.append(
                     {
@@ -196,6 +205,7 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
                         "choice": choice,
                     }
                 )
+        seen_prompts.add(prompt)
     stats = {
         "labelled_pairs": labelled,
         "disagreement": conflicting / max(labelled, 1),
