@@ -162,16 +162,15 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
     rng = np.random.default_rng(config.seed)
     rows: list[dict[str, Any]] = []
     labelled = conflicting = 0
-    # The corpus repeats a few stories: a repeat's pairs would be labelled twice and could sit
-    # in an episode's context and its targets at once. A repeat is drawn like any story (the
-    # random stream, and so every other story's answers, stay as they are) and then dropped.
-    seen_prompts: set[str] = set()
+    # The corpus repeats a few stories, and a repeat can draw a pair already drawn: it would be
+    # labelled twice and could sit in an episode's context and its targets at once. It is
+    # drawn like any other (the random stream, and so every other pair, stays as it is) and
+    # then dropped.
     seen_pairs: set[str] = set()
     for story in load_stories()[: config.stories]:
         if len(story) < 3:
             continue  # a lead and at most one sentence: every answer has the same length
         prompt = config.prompt.replace("{lead}", story[0])
-        repeat = prompt in seen_prompts
         candidates = responses(story, config.max_sentences, rng)
         kept = []
         for a, b in itertools.combinations(candidates, 2):
@@ -189,7 +188,7 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
             if rng.random() < 0.5:  # which side the preferred answer is on carries no signal
                 a, b, choices = b, a, [1 - c for c in choices]
             pair_id = text_id(prompt, a, b)
-            if repeat or pair_id in seen_pairs:
+            if pair_id in seen_pairs:
                 continue
             seen_pairs.add(pair_id)
             for user_type, choice in zip(config.types, choices, strict=True):
@@ -205,7 +204,6 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
                         "choice": choice,
                     }
                 )
-        seen_prompts.add(prompt)
     stats = {
         "labelled_pairs": labelled,
         "disagreement": conflicting / max(labelled, 1),
