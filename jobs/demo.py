@@ -56,16 +56,22 @@ class DemoRun:
     table: str  # the endpoint's two answers
 
 
-def ask_endpoint(url: str, prompt: str, users: dict[str, list[dict]], new_tokens: int) -> dict:
+def ask_endpoint(
+    url: str, prompt: str, users: dict[str, list[dict]], new_tokens: int, token: str = ""
+) -> dict:
     """Store each user's choices (POST /users/{id}/choices), then ask the same question for all
-    users at once (their requests share one batch on the replica): {user: answer}."""
+    users at once (their requests share one batch on the replica): {user: answer}. `token`: the
+    endpoint's admin token, when it has one."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     for user, choices in users.items():
-        reply = requests.post(f"{url}/users/{user}/choices", json={"choices": choices}, timeout=300)
+        reply = requests.post(
+            f"{url}/users/{user}/choices", json={"choices": choices}, headers=headers, timeout=300
+        )
         reply.raise_for_status()
 
     def ask(user: str) -> str:
         body = {"prompt": prompt, "user_id": user, "max_new_tokens": new_tokens}
-        reply = requests.post(f"{url}/generate", json=body, timeout=600)
+        reply = requests.post(f"{url}/generate", json=body, headers=headers, timeout=600)
         reply.raise_for_status()
         return reply.json()["response"]
 
@@ -112,7 +118,7 @@ def run_demo(
     prompt, users = simulated_users(test, context_pairs, policy_job.eval.seed)
     with running_endpoint(serve) as url:
         log.info("endpoint up at %s (docs: %s/docs)", url, url)
-        answers = ask_endpoint(url, prompt, users, new_tokens)
+        answers = ask_endpoint(url, prompt, users, new_tokens, serve.admin_token)
     write_json(folder / "answers.json", {"prompt": prompt, "users": users, "answers": answers})
     lines = [f"The endpoint, each user known by {context_pairs} of their choices:", prompt]
     for user, answer in answers.items():

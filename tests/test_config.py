@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from npalign.config import ConfigError, RewardJobConfig, load_config
 
@@ -39,3 +40,46 @@ def test_missing_file_and_bad_override(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train.lr"])
+
+
+def test_an_endpoint_reachable_from_other_machines_needs_tokens(monkeypatch):
+    from npalign.config import ServeConfig
+
+    monkeypatch.delenv("NPALIGN_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("NPALIGN_USER_TOKENS", raising=False)
+    with pytest.raises(ValidationError, match="no token is set"):
+        ServeConfig(policy="p", host="0.0.0.0")
+    open_behind_gateway = ServeConfig(policy="p", host="0.0.0.0", allow_unauthenticated=True)
+    assert "0.0.0.0" not in open_behind_gateway.allowed_hosts
+    assert ServeConfig(policy="p").allowed_hosts == ["127.0.0.1", "::1", "localhost"]
+    with pytest.raises(ValidationError, match="at least 16"):
+        ServeConfig(policy="p", admin_token="short")
+
+    monkeypatch.setenv("NPALIGN_ADMIN_TOKEN", "a" * 16)
+    monkeypatch.setenv("NPALIGN_USER_TOKENS", '{"ann": "' + "b" * 16 + '"}')
+    from_env = ServeConfig(policy="p", host="0.0.0.0", allowed_hosts=["npalign.example"])
+    assert from_env.admin_token == "a" * 16 and from_env.user_tokens == {"ann": "b" * 16}
+    monkeypatch.setenv("NPALIGN_USER_TOKENS", '["not", "an", "object"]')
+    with pytest.raises(ValidationError, match="JSON object"):
+        ServeConfig(policy="p")
+
+
+def test_the_store_url_names_a_registered_backend():
+    from npalign.config import ServeConfig
+
+    assert ServeConfig(policy="p", store="postgresql://u@127.0.0.1:5432/db").store
+    with pytest.raises(ValidationError, match="unknown user store 'mysql'"):
+        ServeConfig(policy="p", store="mysql://u@127.0.0.1/db")
+
+
+def test_the_endpoint_carries_backpressure_and_pinning_to_serve():
+    from npalign.config import ServeConfig
+    from npalign.serving import build_app
+
+    config = ServeConfig(
+        policy="p", max_queued_requests=5, retry_after_s=2, replica_resources={"node_b": 0.1}
+    )
+    deployment = build_app(config)._bound_deployment
+    assert deployment.max_queued_requests == 5
+    assert deployment.backpressure_config.retry_after_s == 2
+    assert deployment.ray_actor_options["resources"] == {"node_b": 0.1}

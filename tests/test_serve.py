@@ -32,6 +32,10 @@ WIDE = {"chosen": [[0.0] * 1000], "rejected": [[0.0] * 1000]}
 MANY = CHOICES * 500  # 1,000 pairs: refused before any is embedded
 # Under max_prompt_tokens (64) as raw text, over it inside the chat template.
 TEMPLATE_OVERFLOW = "word " * 50
+ADMIN = "admin-token-for-tests-0001"
+GINA = "gina-token-for-tests-0001"  # may act for user "gina" only
+http = requests.Session()  # what the tests send is sent as the admin, unless they say otherwise
+http.headers["Authorization"] = f"Bearer {ADMIN}"
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +68,18 @@ def endpoint(ray_cluster, tmp_path_factory):
         min_replicas=1,
         max_replicas=1,
         cpus_per_replica=0.5,
+        admin_token=ADMIN,
+        user_tokens={"gina": GINA},
+        max_ongoing_requests=8,
+        max_queued_requests=8,
+        max_body_bytes=100_000,
     )
     with running_endpoint(settings) as url:
         yield url, settings
 
 
 def post(url, path, body, timeout=120):
-    return requests.post(url + path, json=body, timeout=timeout)
+    return http.post(url + path, json=body, timeout=timeout)
 
 
 def test_generate_for_a_user_given_their_context(endpoint):
@@ -91,13 +100,13 @@ def test_add_choices_then_generate_by_user_id_and_delete(endpoint):
     assert added.status_code == 200 and added.json()["choices"] == 1
     added = post(url, "/users/erin/choices", {"choices": CHOICES[1:]})
     assert added.json()["choices"] == 2
-    assert requests.get(url + "/users/erin", timeout=30).json()["choices"] == 2
+    assert http.get(url + "/users/erin", timeout=30).json()["choices"] == 2
     reply = post(url, "/generate", {"prompt": "What happened today?", "user_id": "erin"})
     assert reply.status_code == 200 and reply.json()["context_pairs"] == 2
 
-    assert requests.delete(url + "/users/erin", timeout=30).status_code == 204
-    assert requests.get(url + "/users/erin", timeout=30).status_code == 404
-    from npalign.user_store import SQLiteUserStore
+    assert http.delete(url + "/users/erin", timeout=30).status_code == 204
+    assert http.get(url + "/users/erin", timeout=30).status_code == 404
+    from npalign.stores.sqlite import SQLiteUserStore
 
     assert SQLiteUserStore(settings.store).get("erin") is None
     files = b"".join(p.read_bytes() for p in Path(settings.store).parent.glob("users.db*"))
@@ -111,10 +120,10 @@ def test_the_demo_asks_for_two_users_in_one_go(endpoint):
 
     url, _ = endpoint
     users = {"concise-demo": CHOICES, "detailed-demo": CHOICES[::-1]}
-    answers = ask_endpoint(url, "What happened today?", users, new_tokens=4)
+    answers = ask_endpoint(url, "What happened today?", users, new_tokens=4, token=ADMIN)
     assert set(answers) == set(users) and all(isinstance(a, str) for a in answers.values())
     for user in users:  # stored by the demo, as a served user would be
-        assert requests.get(f"{url}/users/{user}", timeout=30).json()["choices"] == 2
+        assert http.get(f"{url}/users/{user}", timeout=30).json()["choices"] == 2
 
 
 def test_a_replica_restart_keeps_the_user(endpoint):
@@ -130,7 +139,7 @@ def test_a_replica_restart_keeps_the_user(endpoint):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            reply = requests.get(url + "/users/frank", timeout=30)
+            reply = http.get(url + "/users/frank", timeout=30)
             if reply.status_code == 200:
                 break
         except (requests.ConnectionError, requests.Timeout):  # the replica is still starting
@@ -171,18 +180,20 @@ def test_a_replica_restart_keeps_the_user(endpoint):
         ("/users/gina/choices", {"choices": MANY}, 413),
         ("/users/gina/choices", {"context_embeddings": OVERFLOW}, 422),
         ("/generate", "x" * 10_000_000, 413),
+        # Over this endpoint's max_body_bytes (100 kB), under the default: the setting holds.
+        ("/generate", {"prompt": "Hi", "choices": CHOICES, "pad": "x" * 150_000}, 413),
     ],
 )
 def test_malformed_requests_get_a_4xx_and_the_replica_keeps_serving(endpoint, path, body, status):
     url, _ = endpoint
     if isinstance(body, str):
         headers = {"content-type": "application/json"}
-        reply = requests.post(url + path, data=body, headers=headers, timeout=60)
+        reply = http.post(url + path, data=body, headers=headers, timeout=60)
     else:
         reply = post(url, path, body)
     assert reply.status_code == status, reply.text
     assert reply.json()["detail"]  # a message saying what is wrong
-    assert requests.get(url + "/health", timeout=30).status_code == 200
+    assert http.get(url + "/health", timeout=30).status_code == 200
 
 
 def test_bad_requests_in_a_busy_batch_fail_alone(endpoint):
@@ -210,8 +221,55 @@ def test_a_retried_post_adds_nothing_and_a_user_created_again_starts_afresh(endp
     assert post(url, "/users/kim/choices", body).json()["choices"] == 2
     assert post(url, "/users/kim/choices", body).json()["choices"] == 2  # the retry
     assert post(url, "/generate", {"prompt": "Hi", "user_id": "kim"}).status_code == 200
-    assert requests.delete(url + "/users/kim", timeout=30).status_code == 204
+    assert http.delete(url + "/users/kim", timeout=30).status_code == 204
     again = post(url, "/users/kim/choices", {"choices": CHOICES[:1], "request_id": "post-1"})
     assert again.json()["choices"] == 1  # a new user: the old request id is gone with the old one
     reply = post(url, "/generate", {"prompt": "Hi", "user_id": "kim"})
     assert reply.status_code == 200 and reply.json()["context_pairs"] == 1
+
+
+def test_tokens_scope_each_client_and_the_host_is_checked(endpoint):
+    url, _ = endpoint
+    anonymous = {"prompt": "Hi", "user_id": "gina"}
+    assert requests.post(url + "/generate", json=anonymous, timeout=60).status_code == 401
+    wrong = {"Authorization": "Bearer not-a-token-of-this-endpoint"}
+    assert requests.get(url + "/users/gina", headers=wrong, timeout=30).status_code == 401
+    assert requests.get(url + "/health", timeout=30).status_code == 200  # no token needed
+
+    gina = requests.Session()
+    gina.headers["Authorization"] = f"Bearer {GINA}"
+    assert gina.post(f"{url}/users/gina/choices", json={"choices": CHOICES}).status_code == 200
+    assert gina.post(f"{url}/generate", json={**anonymous, "max_new_tokens": 2}).ok
+    assert http.post(f"{url}/users/hugo/choices", json={"choices": CHOICES}).ok
+    # gina's token reaches no other user: not to read, steer, score or delete them.
+    assert gina.get(f"{url}/users/hugo").status_code == 403
+    assert gina.post(f"{url}/users/hugo/choices", json={"choices": CHOICES}).status_code == 403
+    assert gina.post(f"{url}/generate", json={"prompt": "Hi", "user_id": "hugo"}).status_code == 403
+    score = {"prompt": "Hi", "responses": ["a"], "user_id": "hugo"}
+    assert gina.post(f"{url}/score", json=score).status_code == 403
+    assert gina.delete(f"{url}/users/hugo").status_code == 403
+    assert http.get(f"{url}/users/hugo").json()["choices"] == 2  # untouched
+    # Its own context in the request is its own business.
+    inline = {"prompt": "Hi", "choices": CHOICES, "max_new_tokens": 2}
+    assert gina.post(f"{url}/generate", json=inline).status_code == 200
+
+    # A page served from another name (DNS rebinding) cannot reach the loopback endpoint.
+    foreign = http.get(f"{url}/users/hugo", headers={"Host": "attacker.example:8123"})
+    assert foreign.status_code == 400
+
+
+def test_a_flood_past_capacity_gets_503_with_retry_after_and_good_requests_still_served(
+    endpoint,
+):
+    """8 requests at work and 8 waiting are what the test endpoint holds: the rest of a flood
+    of 80 is refused at once with a Retry-After, and nothing fails in another way."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = endpoint
+    body = {"prompt": "What happened?", "choices": CHOICES, "max_new_tokens": 8}
+    with ThreadPoolExecutor(80) as pool:
+        replies = list(pool.map(lambda _: post(url, "/generate", body), range(80)))
+    codes = [r.status_code for r in replies]
+    assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= 8, codes
+    assert all(r.headers.get("Retry-After") == "1" for r in replies if r.status_code == 503)
+    assert post(url, "/generate", body).status_code == 200  # and it recovers at once

@@ -5,13 +5,15 @@ Every error names the file and the field at fault, and is raised before anything
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from npalign.registry import DATA_SOURCES, POLICY_MODELS, REWARD_MODELS
+from npalign.registry import DATA_SOURCES, POLICY_MODELS, REWARD_MODELS, USER_STORES
 
 
 class Strict(BaseModel):
@@ -382,14 +384,38 @@ class SweepConfig(Strict):
         return self
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 class ServeConfig(Strict):
-    """The steerable endpoint (`serve/`): checkpoints, user store, limits, batching, scaling."""
+    """The steerable endpoint (`serve/`): checkpoints, user store, limits, batching, scaling,
+    backpressure and access. Tokens are best given in the environment (NPALIGN_ADMIN_TOKEN,
+    NPALIGN_USER_TOKENS as a JSON object user id → token), which fills them when unset here."""
 
     policy: str = Field(..., description="NP-DPO checkpoint folder (jobs/train_policy.py)")
     reward: str | None = Field(None, description="NP-BTL checkpoint folder, for /score")
-    store: str = Field("", description="SQLite file of user state; '' = $NPALIGN_CACHE/users.db")
+    store: str = Field(
+        "",
+        description="user store by URL: a SQLite file path (one node; '' = "
+        "$NPALIGN_CACHE/users.db) or postgresql://user@host:port/db (every replica on any node)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="where Serve runs HTTP proxies (HeadOnly: nodes sharing an IP)"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values accepted (DNS-rebinding guard); [] = the loopback "
+        "names and `host`; ['*'] = any",
+    )
+    admin_token: str = Field("", description="bearer token allowed to act for any user")
+    user_tokens: dict[str, str] = Field(
+        default_factory=dict, description="user id → bearer token scoping a client to that user"
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="serve a non-loopback host without tokens (behind your own gateway)"
+    )
     max_context_pairs: int = Field(32, gt=0, description="a stored user uses their latest ones")
     max_stored_choices: int = Field(256, gt=0, description="a stored user keeps their latest")
     max_cached_users: int = Field(10_000, gt=0, description="z's cached per replica, LRU")
@@ -404,11 +430,29 @@ class ServeConfig(Strict):
     default_new_tokens: int = Field(128, gt=0)
     max_batch_size: int = Field(8, gt=0, description="1 turns dynamic batching off")
     batch_wait_timeout_s: float = Field(0.05, ge=0)
+    max_ongoing_requests: int = Field(32, gt=0, description="requests a replica works on at once")
+    max_queued_requests: int = Field(
+        64, gt=0, description="requests each proxy holds for busy replicas; more are a 503"
+    )
+    retry_after_s: float = Field(1, ge=0, description="the Retry-After sent with such a 503")
+    request_timeout_s: float = Field(
+        120, gt=0, description="end-to-end limit of one HTTP request (then a 408)"
+    )
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(4, gt=0)
     cpus_per_replica: float = Field(1, gt=0)
+    replica_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each replica needs (pinning)"
+    )
     threads_per_replica: int = Field(1, gt=0, description="torch threads in each replica")
+
+    @field_validator("store")
+    @classmethod
+    def _store_backend(cls, url: str) -> str:
+        if "://" in url:
+            USER_STORES.check(url.split("://", 1)[0])
+        return url
 
     @model_validator(mode="after")
     def _limits(self):
@@ -416,6 +460,33 @@ class ServeConfig(Strict):
             raise ValueError("default_new_tokens is over max_new_tokens")
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas is over max_replicas")
+        return self
+
+    @model_validator(mode="after")
+    def _access(self):
+        if not self.admin_token:
+            self.admin_token = os.environ.get("NPALIGN_ADMIN_TOKEN", "")
+        if not self.user_tokens and os.environ.get("NPALIGN_USER_TOKENS"):
+            try:
+                tokens = json.loads(os.environ["NPALIGN_USER_TOKENS"])
+            except json.JSONDecodeError as error:
+                raise ValueError(f"NPALIGN_USER_TOKENS is not JSON: {error}") from None
+            if not isinstance(tokens, dict) or not all(isinstance(v, str) for v in tokens.values()):
+                raise ValueError("NPALIGN_USER_TOKENS must be a JSON object user id → token")
+            self.user_tokens = tokens
+        tokens = [self.admin_token, *self.user_tokens.values()]
+        if any(t and len(t) < 16 for t in tokens):
+            raise ValueError("tokens must have at least 16 characters")
+        if len(set(self.user_tokens.values())) < len(self.user_tokens):
+            raise ValueError("user_tokens: two users share a token")
+        if self.host not in LOOPBACK_HOSTS and not any(tokens) and not self.allow_unauthenticated:
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines and no token is set: set "
+                "admin_token / user_tokens (or NPALIGN_ADMIN_TOKEN), or allow_unauthenticated: "
+                "true if a gateway in front authenticates"
+            )
+        if not self.allowed_hosts:
+            self.allowed_hosts = sorted({*LOOPBACK_HOSTS, self.host} - {"0.0.0.0", "::"})
         return self
 
 

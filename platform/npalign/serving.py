@@ -11,7 +11,8 @@ a few of their choices, behind a FastAPI ingress (OpenAPI docs at /docs).
 Generation requests of *different* users are batched (`@serve.batch`), each row with its own z.
 A stored user's z is cached per replica and recomputed only when their choices change (the
 store's version). Users are stored as embeddings of their choices, not text (`user_store.py`).
-Malformed input is a 4xx with a message; the replica keeps serving.
+Malformed input is a 4xx with a message; the replica keeps serving. With tokens set, every route
+but /health wants `Authorization: Bearer TOKEN` (`access.py`); the Host header is checked.
 """
 
 import asyncio
@@ -24,13 +25,14 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
+from npalign.access import Access, Boundary, Caller, caller, configure
 from npalign.config import ServeConfig
 from npalign.data.sequences import prompt_tokens
 from npalign.files import cache_dir
@@ -44,7 +46,7 @@ from npalign.inference import (
     user_latents,
     user_rewards,
 )
-from npalign.user_store import EraseIncomplete, SQLiteUserStore
+from npalign.stores.base import EraseIncomplete, open_store
 
 
 class Request(BaseModel):
@@ -158,46 +160,8 @@ app = FastAPI(
 )
 
 
-class BodyTooLarge(HTTPException):
-    """Raised while the body arrives; an HTTPException, so FastAPI answers it as it is."""
-
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body over {limit} bytes (max_body_bytes)")
-
-
-class BodyLimit:
-    """ASGI middleware: a body over the app's `state.max_body_bytes` is a 413 before it is
-    parsed, by its Content-Length or, without one, as soon as that many bytes have arrived."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = scope["app"].state.max_body_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            too_large = BodyTooLarge(limit)
-            reply = JSONResponse(status_code=413, content={"detail": too_large.detail})
-            await reply(scope, receive, send)
-            return
-        seen = 0
-
-        async def bounded():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge(limit)
-            return message
-
-        await self.app(scope, bounded, send)
-
-
-app.add_middleware(BodyLimit)
-app.state.max_body_bytes = ServeConfig.model_fields["max_body_bytes"].default
+app.add_middleware(Boundary)
+Authorized = Annotated[Caller, Depends(caller)]
 
 
 @app.exception_handler(RequestValidationError)
@@ -226,11 +190,7 @@ def generate_isolated(
         return out
 
 
-@serve.deployment(
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-    max_ongoing_requests=32,
-)
+@serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
 @serve.ingress(app)
 class SteerableEndpoint:
     def __init__(self, config: dict[str, Any]):
@@ -238,7 +198,14 @@ class SteerableEndpoint:
         from npalign.models.reward import load_reward_model
 
         self.config = ServeConfig.model_validate(config)
-        app.state.max_body_bytes = self.config.max_body_bytes
+        configure(
+            Access(
+                self.config.admin_token,
+                self.config.user_tokens,
+                frozenset(self.config.allowed_hosts),
+                self.config.max_body_bytes,
+            )
+        )
         torch.set_num_threads(self.config.threads_per_replica)
         self.policy = load_policy(Path(self.config.policy))
         positions = self.policy.policy.lm.config.max_position_embeddings
@@ -250,8 +217,8 @@ class SteerableEndpoint:
         self.reward = load_reward_model(self.config.reward) if self.config.reward else None
         if self.reward is not None:
             check_reward_model(self.reward, self.policy.feature_dim, self.config.reward)
-        self.store = SQLiteUserStore(
-            self.config.store or cache_dir("users.db"), self.config.max_stored_choices
+        self.store = open_store(
+            self.config.store or str(cache_dir("users.db")), self.config.max_stored_choices
         )
         # user → (store version, z), least recently used first; versions never repeat, so an
         # entry of a user deleted and created again is never served.
@@ -325,7 +292,9 @@ class SteerableEndpoint:
     # --- endpoints -------------------------------------------------------------------------
 
     @app.post("/generate", response_model=GenerateResponse)
-    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+    async def generate(self, request: GenerateRequest, who: Authorized) -> GenerateResponse:
+        if request.user_id is not None:
+            who.check_may_act_for(request.user_id)
         self._check_size(request)
         new_tokens = request.max_new_tokens or self.config.default_new_tokens
         if new_tokens > self.config.max_new_tokens:
@@ -363,7 +332,9 @@ class SteerableEndpoint:
         return await asyncio.to_thread(generate_isolated, self.policy, prompts, z, limits)
 
     @app.post("/score", response_model=ScoreResponse)
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    async def score(self, request: ScoreRequest, who: Authorized) -> ScoreResponse:
+        if request.user_id is not None:
+            who.check_may_act_for(request.user_id)
         if self.reward is None:
             raise HTTPException(404, "scoring needs an NP-BTL reward model (config: reward)")
         self._check_size(request)
@@ -378,7 +349,10 @@ class SteerableEndpoint:
         return ScoreResponse(scores=scores.tolist(), context_pairs=len(context.chosen))
 
     @app.post("/users/{user_id}/choices", response_model=UserSummary)
-    async def add_choices(self, user_id: str, request: AddChoicesRequest) -> UserSummary:
+    async def add_choices(
+        self, user_id: str, request: AddChoicesRequest, who: Authorized
+    ) -> UserSummary:
+        who.check_may_act_for(user_id)
         self._check_size(request)
         context = await asyncio.to_thread(self._context, request)
         try:
@@ -394,14 +368,16 @@ class SteerableEndpoint:
         return self._summary(state)
 
     @app.get("/users/{user_id}", response_model=UserSummary)
-    async def user(self, user_id: str) -> UserSummary:
+    async def user(self, user_id: str, who: Authorized) -> UserSummary:
+        who.check_may_act_for(user_id)
         state, _ = await asyncio.to_thread(self._stored, user_id)
         return self._summary(state)
 
     @app.delete("/users/{user_id}", status_code=204)
-    async def delete_user(self, user_id: str) -> None:
+    async def delete_user(self, user_id: str, who: Authorized) -> None:
         """204: deleted and erased. 503: deleted, but some bytes are still in the store's log
         (retry). 404: no such user (nothing of them is stored)."""
+        who.check_may_act_for(user_id)
         self.latents.pop(user_id, None)
         try:
             found = await asyncio.to_thread(self.store.delete, user_id)
@@ -421,14 +397,22 @@ class SteerableEndpoint:
 
 
 def build_app(config: ServeConfig):
-    """The Serve application for `config` (autoscaling and replica resources from it)."""
+    """The Serve application for `config`: autoscaling, replica resources and backpressure
+    from it (past `max_queued_requests` waiting at a proxy, a request is a 503 with
+    Retry-After at once, so memory stays bounded under any flood)."""
     return SteerableEndpoint.options(
         autoscaling_config={
             "min_replicas": config.min_replicas,
             "max_replicas": config.max_replicas,
             "target_ongoing_requests": config.target_ongoing_requests,
         },
-        ray_actor_options={"num_cpus": config.cpus_per_replica},
+        ray_actor_options={
+            "num_cpus": config.cpus_per_replica,
+            "resources": config.replica_resources,
+        },
+        max_ongoing_requests=config.max_ongoing_requests,
+        max_queued_requests=config.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": config.retry_after_s},
     ).bind(config.model_dump(mode="json"))
 
 
@@ -436,7 +420,14 @@ def build_app(config: ServeConfig):
 def running_endpoint(config: ServeConfig, name: str = "npalign") -> Iterator[str]:
     """Serve the app on config.host:config.port for the duration of the block; yields its URL.
     Joins the Ray cluster already initialised (or starts a local one)."""
-    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.start(
+        proxy_location=config.proxy_location,
+        http_options={
+            "host": config.host,
+            "port": config.port,
+            "request_timeout_s": config.request_timeout_s,
+        },
+    )
     serve.run(build_app(config), name=name, route_prefix="/")
     try:
         yield f"http://{config.host}:{config.port}"

@@ -1,54 +1,27 @@
-"""Per-user state for serving: each user's choices, kept as embeddings of the chosen and the
-rejected response (never the raw text), shared by every replica and kept across restarts.
-
-The embedded default is one SQLite file (WAL, so readers never block the writer; replicas on
-one node share it). `secure_delete` overwrites a deleted user's bytes and a WAL checkpoint
-follows each delete, so after `delete` nothing of theirs is left in the file; when a concurrent
-reader keeps the checkpoint from finishing, `delete` says so (`EraseIncomplete`) instead of
-returning as if it had. Versions come from one store-wide counter, so a user deleted and
-created again never gets a version a replica may still hold a cached z for. A user keeps their
-latest `max_choices` choices; a post carrying a request id already seen for that user changes
-nothing (a client retrying after a lost reply). Another backend only needs the methods of
-`UserStore`.
+"""The embedded user store: one SQLite file (WAL, so readers never block the writer; replicas
+on one node share it). It keeps the promises of `base.py`; on top, `secure_delete` overwrites a
+deleted user's bytes and a WAL checkpoint follows each delete, so after `delete` nothing of theirs
+is left in the file; when a concurrent reader keeps the checkpoint from finishing, `delete` says
+so (`EraseIncomplete`) instead of returning as if it had.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-
-@dataclass
-class UserState:
-    user_id: str
-    chosen: np.ndarray  # (choices, dim) float32, oldest first
-    rejected: np.ndarray  # (choices, dim)
-    updated: float  # unix time of the last change
-    version: int  # +1 on every change: a cached z is valid while the version is unchanged
-
-
-class EraseIncomplete(RuntimeError):
-    """The user is deleted, but some of their bytes are still in the write-ahead log."""
-
-
-class UserStore(Protocol):
-    def add_choices(
-        self,
-        user_id: str,
-        chosen: np.ndarray,
-        rejected: np.ndarray,
-        request_id: str | None = None,
-    ) -> UserState: ...
-
-    def get(self, user_id: str) -> UserState | None: ...
-
-    def delete(self, user_id: str) -> bool: ...
-
+from npalign.registry import USER_STORES
+from npalign.stores.base import (
+    EraseIncomplete,
+    UserState,
+    check_dimension,
+    checked_choices,
+    existing,
+    stacked,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -65,12 +38,13 @@ INSERT OR IGNORE INTO counter VALUES (0, 0);
 CHECKPOINT_TRIES = 20  # readers hold a snapshot for milliseconds: retry the checkpoint briefly
 
 
+@USER_STORES.register("sqlite")
 class SQLiteUserStore:
-    """A UserStore in one SQLite file; a connection per call, so threads and processes share
-    it safely."""
+    """A UserStore in one SQLite file (a path or `sqlite:///path`); a connection per call, so
+    threads and processes share it safely."""
 
     def __init__(self, path: str | Path, max_choices: int = 256):
-        self.path = Path(path)
+        self.path = Path(str(path).removeprefix("sqlite://"))
         self.max_choices = max_choices
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
@@ -89,13 +63,7 @@ class SQLiteUserStore:
         rejected: np.ndarray,
         request_id: str | None = None,
     ) -> UserState:
-        chosen = np.ascontiguousarray(chosen, dtype=np.float32)
-        rejected = np.ascontiguousarray(rejected, dtype=np.float32)
-        if chosen.ndim != 2 or chosen.shape != rejected.shape or not len(chosen):
-            raise ValueError(
-                f"choices: chosen {chosen.shape} and rejected {rejected.shape} must be the same "
-                "non-empty (choices, dim) shape"
-            )
+        chosen, rejected = checked_choices(chosen, rejected)
         now = time.time()
         db = self._connect()
         try:
@@ -108,15 +76,11 @@ class SQLiteUserStore:
                 ).fetchone()
             ):
                 db.execute("ROLLBACK")
-                return self._existing(user_id)
+                return existing(self, user_id)
             row = db.execute(
                 "SELECT dim, version FROM users WHERE user_id = ?", (user_id,)
             ).fetchone()
-            if row and row[0] != chosen.shape[1]:
-                raise ValueError(
-                    f"user {user_id!r}: stored choices have dimension {row[0]}, "
-                    f"these have {chosen.shape[1]}"
-                )
+            check_dimension(user_id, row[0] if row else None, chosen.shape[1])
             start = db.execute(
                 "SELECT COALESCE(MAX(seq) + 1, 0) FROM choices WHERE user_id = ?", (user_id,)
             ).fetchone()[0]
@@ -152,13 +116,7 @@ class SQLiteUserStore:
             raise
         finally:
             db.close()
-        return self._existing(user_id)
-
-    def _existing(self, user_id: str) -> UserState:
-        state = self.get(user_id)
-        if state is None:  # deleted by another request in between
-            raise KeyError(user_id)
-        return state
+        return existing(self, user_id)
 
     def get(self, user_id: str) -> UserState | None:
         db = self._connect()
@@ -174,11 +132,8 @@ class SQLiteUserStore:
         finally:
             db.close()
         dim, version, updated = user
-
-        def stack(column: int) -> np.ndarray:
-            return np.frombuffer(b"".join(r[column] for r in rows), np.float32).reshape(-1, dim)
-
-        return UserState(user_id, stack(0), stack(1), updated, version)
+        chosen, rejected = stacked([r[0] for r in rows], dim), stacked([r[1] for r in rows], dim)
+        return UserState(user_id, chosen, rejected, updated, version)
 
     def delete(self, user_id: str) -> bool:
         """True if the user existed. Raises EraseIncomplete when their rows are deleted but the

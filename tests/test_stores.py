@@ -1,36 +1,48 @@
-"""The serving user store: choices as embeddings, shared, durable, and gone after delete."""
+"""The serving user stores, the embedded SQLite file and a real PostgreSQL server: choices as
+embeddings, shared, durable, capped, idempotent, and gone after delete."""
+
+import threading
 
 import numpy as np
 import pytest
 
-from npalign.user_store import SQLiteUserStore
+from npalign.stores.base import open_store
+from npalign.stores.sqlite import SQLiteUserStore
 
 
-def test_choices_accumulate_and_survive_a_new_store_object(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """Where a fresh store lives: a file, or a new database on the session's server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "users.db")
+    return request.getfixturevalue("postgres_url")
+
+
+def test_choices_accumulate_and_survive_a_new_store_object(store_url):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)
-    store = SQLiteUserStore(tmp_path / "users.db")
+    store = open_store(store_url)
     first = store.add_choices("alice", a[:2], b[:2])
-    assert first.version == 1 and first.chosen.shape == (2, 4)
+    assert first.chosen.shape == (2, 4)
     second = store.add_choices("alice", a[2:], b[2:])
-    assert second.version == 2 and second.updated >= first.updated
+    assert second.version > first.version and second.updated >= first.updated
 
-    reopened = SQLiteUserStore(tmp_path / "users.db").get("alice")  # e.g. a restarted replica
+    reopened = open_store(store_url).get("alice")  # e.g. a restarted replica
     np.testing.assert_array_equal(reopened.chosen, a)
     np.testing.assert_array_equal(reopened.rejected, b)
-    assert reopened.version == 2
+    assert reopened.version == second.version
     assert store.get("bob") is None
 
 
-def test_bad_choices_are_refused_and_change_nothing(tmp_path):
-    store = SQLiteUserStore(tmp_path / "users.db")
-    store.add_choices("alice", np.ones((1, 4)), np.zeros((1, 4)))
+def test_bad_choices_are_refused_and_change_nothing(store_url):
+    store = open_store(store_url)
+    before = store.add_choices("alice", np.ones((1, 4)), np.zeros((1, 4)))
     with pytest.raises(ValueError, match="dimension 4"):
         store.add_choices("alice", np.ones((1, 5)), np.zeros((1, 5)))
     with pytest.raises(ValueError, match="same"):
         store.add_choices("alice", np.ones((2, 4)), np.zeros((1, 4)))
     state = store.get("alice")
-    assert state.version == 1 and len(state.chosen) == 1
+    assert state.version == before.version and len(state.chosen) == 1
 
 
 def test_delete_leaves_nothing_of_the_user_in_the_files(tmp_path):
@@ -46,9 +58,9 @@ def test_delete_leaves_nothing_of_the_user_in_the_files(tmp_path):
     assert b"carol" not in files
 
 
-def test_versions_never_repeat_across_delete_and_create_again(tmp_path):
+def test_versions_never_repeat_across_delete_and_create_again(store_url):
     """A replica caches z by version: a user deleted and created again must not match it."""
-    store = SQLiteUserStore(tmp_path / "users.db")
+    store = open_store(store_url)
     first = store.add_choices("erin", np.ones((1, 4)), np.zeros((1, 4)))
     store.add_choices("frank", np.ones((1, 4)), np.zeros((1, 4)))
     assert store.delete("erin")
@@ -56,16 +68,16 @@ def test_versions_never_repeat_across_delete_and_create_again(tmp_path):
     assert again.version > first.version and len(again.chosen) == 1
 
 
-def test_a_user_keeps_only_the_latest_choices(tmp_path):
-    store = SQLiteUserStore(tmp_path / "users.db", max_choices=3)
+def test_a_user_keeps_only_the_latest_choices(store_url):
+    store = open_store(store_url, max_choices=3)
     for i in range(5):
         store.add_choices("gina", np.full((1, 2), i), np.zeros((1, 2)))
     state = store.add_choices("gina", np.full((2, 2), 5), np.zeros((2, 2)))
     assert state.chosen[:, 0].tolist() == [4, 5, 5]
 
 
-def test_a_retried_post_with_the_same_request_id_adds_nothing(tmp_path):
-    store = SQLiteUserStore(tmp_path / "users.db")
+def test_a_retried_post_with_the_same_request_id_adds_nothing(store_url):
+    store = open_store(store_url)
     first = store.add_choices("hana", np.ones((2, 4)), np.zeros((2, 4)), request_id="r1")
     retry = store.add_choices("hana", np.ones((2, 4)), np.zeros((2, 4)), request_id="r1")
     assert retry.version == first.version and len(retry.chosen) == 2
@@ -79,7 +91,7 @@ def test_a_delete_that_cannot_empty_the_log_says_so(tmp_path):
     report it, and a second delete once the reader is gone erases everything."""
     import sqlite3
 
-    from npalign.user_store import EraseIncomplete
+    from npalign.stores.base import EraseIncomplete
 
     store = SQLiteUserStore(tmp_path / "users.db")
     secret = np.full((1, 8), 4321.5, np.float32)
@@ -94,3 +106,31 @@ def test_a_delete_that_cannot_empty_the_log_says_so(tmp_path):
     assert not store.delete("jude")  # gone already; this time the log is emptied
     files = b"".join(p.read_bytes() for p in tmp_path.glob("users.db*"))
     assert secret.tobytes() not in files
+
+
+def test_replicas_sharing_a_store_see_each_others_writes_and_deletes(store_url):
+    """Two store objects stand for two replicas (for PostgreSQL, on any node): one's write and
+    delete are what the other reads next, and concurrent posts to one user lose nothing."""
+    first, second = open_store(store_url), open_store(store_url)
+
+    def post(store, i):
+        store.add_choices("kim", np.full((1, 4), i), np.zeros((1, 4)), request_id=f"r{i}")
+
+    threads = [threading.Thread(target=post, args=((first, second)[i % 2], i)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    post(second, 3)  # a retry through the other replica
+    seen = second.get("kim")
+    assert sorted(seen.chosen[:, 0].tolist()) == list(range(8))
+    assert first.get("kim").version == seen.version
+    assert first.delete("kim") and second.get("kim") is None and not second.delete("kim")
+
+
+def test_a_store_url_names_its_backend():
+    from npalign.registry import USER_STORES
+
+    assert {"sqlite", "postgresql"} <= set(USER_STORES.names())
+    with pytest.raises(KeyError, match="unknown user store 'redis'"):
+        open_store("redis://127.0.0.1/0")
