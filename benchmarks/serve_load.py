@@ -6,10 +6,17 @@ HTTP, every client a different stored user (each known by --context choices, as 
 2. Dynamic batching at concurrency 8: the same load with `max_batch_size` 8 and with 1 (one
    replica each, side by side in this run). Goal: throughput ≥ 2×.
 3. Bad input under load: --mixed requests at concurrency 8, a share of them malformed (every
-   kind the endpoint rejects, in random order between good ones). Goal: no 5xx at all, every
-   malformed request a 4xx, every good one a 200.
+   kind the endpoint rejects, in random order between good ones: malformed JSON, blank or
+   over-long prompts, a prompt over max_prompt_tokens only inside the chat template, 1e39 (inf
+   as float32), NaN, wrong or huge embedding widths, 1,000 choices, a 10 MB body, no token,
+   another user's token, ...). Goal: no 5xx at all, every malformed request a 4xx, every good
+   one a 200 — also those batched together with a bad one.
 4. Autoscaling: min 1, max 2 replicas (1 CPU each, all this machine has), target 2 ongoing
    requests; concurrency 8 for --scale-seconds; the number of running replicas over time.
+5. A flood well past capacity: --flood clients with no pause for --flood-seconds against one
+   replica holding 8 requests at work and 16 queued. Goal: the excess answered 503 with
+   Retry-After at once, requests still served, the replica's memory bounded (peak RSS
+   reported) and no replica restart.
 
 The policy is --policy (a trained NP-DPO checkpoint) or, by default, an *untrained* NP-DPO on the
 full SmolLM2-135M-Instruct with an untrained NP-BTL: serving cost does not depend on the values
@@ -39,6 +46,15 @@ from npalign.files import write_json
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("serve_load")
 PROMPT = "What happened in this news story? A bushfire closed the main highway on Sunday."
+ADMIN = "serve-load-admin-token-0001"
+USER0 = "serve-load-user-token-0001"  # may act for load-0 only
+HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def admin_session() -> requests.Session:
+    session = requests.Session()
+    session.headers.update(HEADERS)
+    return session
 
 
 def untrained_checkpoints(folder: Path) -> tuple[str, str]:
@@ -71,7 +87,9 @@ def store_users(url: str, count: int, context: int, seed: int = 0) -> list[str]:
                 "rejected": rng.normal(size=(context, 384)).round(4).tolist(),
             }
         }
-        reply = requests.post(f"{url}/users/load-{i}/choices", json=body, timeout=120)
+        reply = requests.post(
+            f"{url}/users/load-{i}/choices", json=body, headers=HEADERS, timeout=120
+        )
         reply.raise_for_status()
         users.append(f"load-{i}")
     return users
@@ -88,7 +106,7 @@ def closed_loop(url: str, users: list[str], per_client: int, new_tokens: int) ->
     lock = threading.Lock()
 
     def client(user: str) -> None:
-        session = requests.Session()
+        session = admin_session()
         body = {"prompt": PROMPT, "user_id": user, "max_new_tokens": new_tokens}
         for _ in range(per_client):
             started = time.perf_counter()
@@ -112,13 +130,19 @@ def closed_loop(url: str, users: list[str], per_client: int, new_tokens: int) ->
     }
 
 
-def malformed_kinds(user: str) -> list[tuple[str, str, object]]:
-    """(method, path, body) of requests the endpoint must answer with a 4xx; a str body is sent
-    as raw bytes (not JSON-encoded)."""
+def malformed_kinds(user: str) -> list[tuple[str, str, object, dict]]:
+    """(method, path, body, headers) of requests the endpoint must answer with a 4xx; a str
+    body is sent as raw bytes (not JSON-encoded)."""
     pair = {"prompt": "Q?", "chosen": "Short.", "rejected": "A much longer answer."}
     vectors = {"chosen": [[0.1] * 384], "rejected": [[0.0] * 384]}
     nan_vectors = {**vectors, "chosen": [[float("nan")] * 384]}
-    return [
+    inf_vectors = {**vectors, "chosen": [[1e39] * 384]}  # finite as JSON, inf as float32
+    wide = {"chosen": [[0.0] * 20_000], "rejected": [[0.0] * 20_000]}
+    # Under max_prompt_tokens (512) counted raw, over it inside the chat template.
+    template_overflow = "word " * 500
+    generate = {"prompt": "Hi", "user_id": user}
+    as_user0 = {"Authorization": f"Bearer {USER0}"}
+    kinds = [
         ("POST", "/generate", "{not json"),
         ("POST", "/generate", {"prompt": 7, "user_id": user}),
         ("POST", "/generate", {"user_id": user}),
@@ -145,6 +169,19 @@ def malformed_kinds(user: str) -> list[tuple[str, str, object]]:
         ("POST", "/users/someone/choices", {"choices": [pair], "context_embeddings": vectors}),
         ("GET", "/users/nobody-at-all", None),
         ("DELETE", "/users/nobody-at-all", None),
+        ("POST", "/generate", {"prompt": "   ", "user_id": user}),
+        ("POST", "/generate", {"prompt": template_overflow, "user_id": user}),
+        ("POST", "/generate", {"prompt": "Hi", "context_embeddings": inf_vectors}),
+        ("POST", "/users/someone/choices", {"context_embeddings": inf_vectors}),
+        ("POST", "/generate", {"prompt": "Hi", "context_embeddings": wide}),
+        ("POST", "/generate", {"prompt": "Hi", "choices": [pair] * 1000}),
+        ("POST", "/generate", "x" * 10_000_000),
+    ]
+    return [
+        *[(method, path, body, HEADERS) for method, path, body in kinds],
+        ("POST", "/generate", generate, {}),  # no token: 401
+        ("POST", "/generate", {**generate, "user_id": "load-1"}, as_user0),  # another's: 403
+        ("DELETE", "/users/load-1", None, as_user0),
     ]
 
 
@@ -158,7 +195,7 @@ def mixed_load(url: str, users: list[str], total: int, share: float, clients: in
             work.put(("bad", kinds[i % len(kinds)]))
         else:
             body = {"prompt": PROMPT, "user_id": users[i % len(users)], "max_new_tokens": 4}
-            work.put(("good", ("POST", "/generate", body)))
+            work.put(("good", ("POST", "/generate", body, HEADERS)))
     statuses: dict[str, list[int]] = {"good": [], "bad": []}
     lock = threading.Lock()
 
@@ -166,14 +203,14 @@ def mixed_load(url: str, users: list[str], total: int, share: float, clients: in
         session = requests.Session()
         while True:
             try:
-                label, (method, path, body) = work.get_nowait()
+                label, (method, path, body, headers) = work.get_nowait()
             except queue.Empty:
                 return
             if isinstance(body, str):
-                headers = {"content-type": "application/json"}
+                headers = {**headers, "content-type": "application/json"}
                 reply = session.request(method, url + path, data=body, headers=headers, timeout=600)
             else:
-                reply = session.request(method, url + path, json=body, timeout=600)
+                reply = session.request(method, url + path, json=body, headers=headers, timeout=600)
             with lock:
                 statuses[label].append(reply.status_code)
 
@@ -206,7 +243,7 @@ def autoscaling_run(url: str, users: list[str], seconds: float, new_tokens: int)
     served = []
 
     def client(user: str) -> None:
-        session = requests.Session()
+        session = admin_session()
         body = {"prompt": PROMPT, "user_id": user, "max_new_tokens": new_tokens}
         while not stop.is_set():
             if session.post(f"{url}/generate", json=body, timeout=600).status_code == 200:
@@ -230,6 +267,75 @@ def autoscaling_run(url: str, users: list[str], seconds: float, new_tokens: int)
         "scaled_up_after_s": scaled[0] if scaled else None,
         "requests_served": len(served),
         "timeline": timeline,
+    }
+
+
+def replica(app: str = "npalign") -> dict:
+    """The app's one live replica: its pid and how often Ray restarted it."""
+    from ray.util.state import list_actors
+
+    live = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+    (actor,) = [a for a in live if a.class_name == f"ServeReplica:{app}:SteerableEndpoint"]
+    return {"pid": actor.pid, "restarts": actor.num_restarts}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def flood(url: str, users: list[str], clients: int, seconds: float, new_tokens: int) -> dict:
+    """`clients` threads sending /generate back to back for `seconds`, the replica's resident
+    memory sampled every 0.2 s."""
+    before = replica()
+    stop = threading.Event()
+    statuses: list[int] = []
+    retry_after: list[str | None] = []
+    served_latency: list[float] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        session = admin_session()
+        body = {"prompt": PROMPT, "user_id": users[i % len(users)], "max_new_tokens": new_tokens}
+        while not stop.is_set():
+            started = time.perf_counter()
+            reply = session.post(f"{url}/generate", json=body, timeout=600)
+            with lock:
+                statuses.append(reply.status_code)
+                if reply.status_code == 503:
+                    retry_after.append(reply.headers.get("Retry-After"))
+                elif reply.status_code == 200:
+                    served_latency.append(time.perf_counter() - started)
+
+    rss = [rss_mb(before["pid"])]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(client, i) for i in range(clients)]
+        while time.perf_counter() - started < seconds:
+            rss.append(rss_mb(before["pid"]))
+            time.sleep(0.2)
+        stop.set()
+        for future in futures:
+            future.result()
+    after = replica()
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "requests": len(statuses),
+        "statuses": {str(c): statuses.count(c) for c in sorted(set(statuses))},
+        "served": statuses.count(200),
+        "served_per_s": statuses.count(200) / seconds,
+        "refused_503": statuses.count(503),
+        "refused_with_retry_after": sum(r is not None for r in retry_after),
+        "other_statuses": sum(c not in (200, 503) for c in statuses),
+        "rss_mb_start": rss[0],
+        "rss_mb_peak": max(rss),
+        "replica_restarts": after["restarts"] - before["restarts"],
+        "same_replica_process": after["pid"] == before["pid"],
+        **percentiles(served_latency or [0.0]),
     }
 
 
@@ -273,6 +379,8 @@ def main() -> None:
     parser.add_argument("--mixed", type=int, default=1000, help="requests in the bad-input phase")
     parser.add_argument("--malformed-share", type=float, default=0.3)
     parser.add_argument("--scale-seconds", type=float, default=120)
+    parser.add_argument("--flood", type=int, default=200, help="clients in the flood phase")
+    parser.add_argument("--flood-seconds", type=float, default=60)
     parser.add_argument("--port", type=int, default=8010)
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--plot", default=str(ROOT / "benchmarks/serve_load.png"))
@@ -295,6 +403,8 @@ def main() -> None:
                 reward=reward,
                 store=str(folder / "users.db"),
                 port=args.port,
+                admin_token=ADMIN,
+                user_tokens={"load-0": USER0},
                 max_new_tokens=64,
                 default_new_tokens=16,
                 **{**fixed, **kw},
@@ -324,6 +434,12 @@ def main() -> None:
             closed_loop(url, users[:1], 1, args.new_tokens)
             scaling = autoscaling_run(url, users[:most], args.scale_seconds, args.new_tokens)
             log.info("autoscaling: max %d replicas", scaling["replicas_max"])
+        log.info("phase 5: a flood of %d clients for %.0f s", args.flood, args.flood_seconds)
+        bounded = settings(max_ongoing_requests=8, max_queued_requests=16)
+        with running_endpoint(bounded) as url:
+            closed_loop(url, users[:1], 1, args.new_tokens)
+            flooded = flood(url, users, args.flood, args.flood_seconds, args.new_tokens)
+            log.info("flood: %s", flooded)
     batched = next(r for r in levels if r["clients"] == most)
     ratio = batched["requests_per_s"] / unbatched["requests_per_s"]
     minutes = (time.perf_counter() - started) / 60
@@ -358,6 +474,24 @@ def main() -> None:
             "good": mixed["good"],
             "pass": mixed["good_200"] == mixed["good"],
         },
+        "a flood: the excess refused with 503 + Retry-After, requests still served": {
+            "refused_503": flooded["refused_503"],
+            "with_retry_after": flooded["refused_with_retry_after"],
+            "served": flooded["served"],
+            "other_statuses": flooded["other_statuses"],
+            "pass": flooded["refused_503"] > 0
+            and flooded["refused_with_retry_after"] == flooded["refused_503"]
+            and flooded["served"] > 0
+            and flooded["other_statuses"] == 0,
+        },
+        "the flooded replica neither restarted nor grew without bound": {
+            "restarts": flooded["replica_restarts"],
+            "rss_mb_start": flooded["rss_mb_start"],
+            "rss_mb_peak": flooded["rss_mb_peak"],
+            "pass": flooded["replica_restarts"] == 0
+            and flooded["same_replica_process"]
+            and flooded["rss_mb_peak"] < 2 * flooded["rss_mb_start"],
+        },
         "autoscaled to 2 replicas under load": {
             "replicas_max": scaling["replicas_max"],
             "after_s": scaling["scaled_up_after_s"],
@@ -377,6 +511,12 @@ def main() -> None:
         f"(after {scaling['scaled_up_after_s']} s), {scaling['requests_served']} requests "
         f"served in {scaling['seconds']:.0f} s"
     )
+    print(
+        f"Flood: {flooded['clients']} clients for {flooded['seconds']:.0f} s: statuses "
+        f"{flooded['statuses']}, {flooded['served_per_s']:.2f} served/s (p50 "
+        f"{flooded['p50_ms'] / 1000:.2f} s), replica RSS {flooded['rss_mb_start']:.0f} → peak "
+        f"{flooded['rss_mb_peak']:.0f} MiB, {flooded['replica_restarts']} restarts"
+    )
     for name, check in checks.items():
         print(f"{'PASS' if check['pass'] else 'FAIL'}  {name}: {check}")
     print(f"total {minutes:.1f} min")
@@ -392,6 +532,7 @@ def main() -> None:
                 "batching_ratio": ratio,
                 "mixed": mixed,
                 "autoscaling": scaling,
+                "flood": flooded,
                 "checks": checks,
                 "minutes": minutes,
             },

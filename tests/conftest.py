@@ -13,23 +13,45 @@ os.environ["NPALIGN_CACHE"] = tempfile.mkdtemp(prefix="npalign-cache-")
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster for the whole test session (start-up costs seconds)."""
+def ray_nodes():
+    """One local Ray cluster for the whole test session (start-up costs seconds): a head node
+    as a `ray start --head` would make it, to which `add_node` joins real raylets (a second
+    node on this machine) for the tests that need two."""
     import ray
+    from ray.cluster_utils import Cluster
 
     temp_dir = tempfile.mkdtemp(prefix="npalign-ray-")
-    ray.init(
-        num_cpus=2,
-        # Ray Train frees the workers of a run that Tune stops early through the state API,
-        # which the dashboard serves: without it their CPUs leak and later sweep trials hang.
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        log_to_driver=False,
-        _temp_dir=temp_dir,
+    # Ray's default temp folder, where the head writes its address: this session's, not the
+    # machine's /tmp/ray (a later plain ray.init() there must not find this cluster).
+    os.environ["RAY_TMPDIR"] = temp_dir
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "object_store_memory": 2 * 1024**3,
+            "resources": {"npalign_head": 1},  # to pin a replica to the head node
+            # Ray Train frees the workers of a run that Tune stops early through the state
+            # API, which the dashboard serves: without it their CPUs leak and later sweep
+            # trials hang.
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "temp_dir": os.path.join(temp_dir, "ray"),
+        },
     )
-    yield ray
+    ray.init(address=nodes.address, log_to_driver=False)
+    yield nodes
     ray.shutdown()
+    nodes.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_nodes):
+    """The session's Ray, joined."""
+    import ray
+
+    return ray
 
 
 @pytest.fixture(scope="session")
@@ -41,14 +63,25 @@ def postgres_server():
         yield url
 
 
-@pytest.fixture
-def postgres_url(postgres_server):
-    """A fresh, empty database on the session's server for one test."""
+def new_database(server_url: str) -> str:
+    """The URL of a fresh, empty database on a running server."""
     import uuid
 
     import psycopg
 
     name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server, autocommit=True) as db:
+    with psycopg.connect(server_url, autocommit=True) as db:
         db.execute(f"CREATE DATABASE {name}")
-    return postgres_server.rsplit("/", 1)[0] + "/" + name
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_server):
+    """Call it for the URL of a fresh, empty database on the session's server."""
+    return lambda: new_database(postgres_server)
+
+
+@pytest.fixture
+def postgres_url(postgres_databases):
+    """A fresh, empty database for one test."""
+    return postgres_databases()

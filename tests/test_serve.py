@@ -38,16 +38,14 @@ http = requests.Session()  # what the tests send is sent as the admin, unless th
 http.headers["Authorization"] = f"Bearer {ADMIN}"
 
 
-@pytest.fixture(scope="module")
-def endpoint(ray_cluster, tmp_path_factory):
+def tiny_checkpoints(folder: Path) -> tuple[str, str]:
+    """An untrained one-block SmolLM2 policy and NP-BTL reward model: (policy, reward)."""
     import torch
 
-    from npalign.config import EmbedConfig, ModelConfig, PolicyConfig, ServeConfig
+    from npalign.config import EmbedConfig, ModelConfig, PolicyConfig
     from npalign.models.policy import build_policy, save_policy
     from npalign.models.reward import build_reward_model, save_reward_model
-    from npalign.serving import running_endpoint
 
-    folder = tmp_path_factory.mktemp("serve")
     config = PolicyConfig(num_layers=1, lora_rank=4, hidden_dim=16, latent_dim=8)
     policy, _ = build_policy(config, feature_dim=384)
     state = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
@@ -56,9 +54,19 @@ def endpoint(ray_cluster, tmp_path_factory):
     model = ModelConfig(hidden_dim=16, latent_dim=8)
     reward = build_reward_model("npbtl", model, 384)
     save_reward_model(folder / "reward", "npbtl", model, 384, reward.state_dict())
+    return str(folder / "policy"), str(folder / "reward")
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_cluster, tmp_path_factory):
+    from npalign.config import ServeConfig
+    from npalign.serving import running_endpoint
+
+    folder = tmp_path_factory.mktemp("serve")
+    policy, reward = tiny_checkpoints(folder)
     settings = ServeConfig(
-        policy=str(folder / "policy"),
-        reward=str(folder / "reward"),
+        policy=policy,
+        reward=reward,
         store=str(folder / "users.db"),
         port=8123,
         max_context_pairs=4,
