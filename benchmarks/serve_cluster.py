@@ -10,8 +10,8 @@ behind the head's proxy).
    a 404 on both at once.
 2. A replica killed with SIGKILL under load: --clients clients each post --posts choices (each
    with its own request id) to replica b, retrying a failed post through replica a; b's process
-   is killed a few seconds in. Goal: every client finishes, and the store holds each client's
-   choices exactly once (none lost, none duplicated).
+   is killed once a quarter of the posts are answered. Goal: every client finishes, and the
+   store holds each client's choices exactly once (none lost, none duplicated).
 
 The policy is an untrained NP-DPO on the full SmolLM2 (serving cost does not depend on the
 adapters' values); contexts are sent as embeddings.
@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -123,6 +124,9 @@ def killed_replica(urls: dict[str, str], store: str, clients: int, posts: int) -
     from npalign.stores.base import open_store
 
     retries = [0] * clients
+    answered = [0]
+    quarter = threading.Event()
+    lock = threading.Lock()
 
     def client(c: int) -> None:
         for i in range(posts):
@@ -138,6 +142,10 @@ def killed_replica(urls: dict[str, str], store: str, clients: int, posts: int) -
                         f"{target}/users/killed-{c}/choices", json=body, timeout=60
                     )
                     if reply.status_code == 200:
+                        with lock:
+                            answered[0] += 1
+                            if answered[0] >= clients * posts // 4:
+                                quarter.set()
                         break
                 except requests.RequestException:
                     pass
@@ -149,7 +157,7 @@ def killed_replica(urls: dict[str, str], store: str, clients: int, posts: int) -
     victim = replicas()["node-b"]["pid"]
     with ThreadPoolExecutor(clients) as pool:
         futures = [pool.submit(client, c) for c in range(clients)]
-        time.sleep(3)
+        quarter.wait(timeout=300)
         os.kill(victim, signal.SIGKILL)
         log.info("killed replica b (pid %d)", victim)
         for future in futures:
@@ -177,7 +185,7 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, default=20, help="users in the shared-state phase")
     parser.add_argument("--clients", type=int, default=8, help="posting clients in the kill phase")
-    parser.add_argument("--posts", type=int, default=25, help="choices each client posts")
+    parser.add_argument("--posts", type=int, default=100, help="choices each client posts")
     parser.add_argument("--ray-port", type=int, default=6391)
     parser.add_argument("--port", type=int, default=8011)
     parser.add_argument("--out", help="write the results as JSON here")
