@@ -133,3 +133,102 @@ def test_a_pair_labelled_twice_by_one_user_empty_and_truncated_splits_are_errors
     path.write_bytes(b"PAR1 not really")
     with pytest.raises(PreferenceDataError, match=f"{path}: not a readable parquet file"):
         read_text_splits(tmp_path)
+
+
+def test_one_pair_under_two_ids_or_with_one_text_twice_is_an_error(tmp_path):
+    text_splits(tmp_path)
+    path = tmp_path / "val.parquet"
+    rows = pq.read_table(path).to_pylist()
+    copy = {**rows[1], "pair_id": "another-id", "user": "u9"}  # and the responses swapped:
+    copy["response_a"], copy["response_b"] = rows[1]["response_b"], rows[1]["response_a"]
+    pq.write_table(pa.Table.from_pylist(rows + [copy]), path)
+    with pytest.raises(
+        PreferenceDataError,
+        match=re.escape(f"{path}: rows 1 and 4 hold the same pair (prompt and responses, in "),
+    ):
+        read_text_splits(tmp_path)
+    rows[2]["response_b"] = rows[2]["response_a"]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(PreferenceDataError, match=re.escape(f"{path}: row 2, columns")):
+        read_text_splits(tmp_path)
+
+
+def trl_rows():
+    """TRL's format with a user column: plain strings, chat messages, and an implicit prompt."""
+    rows = []
+    for i in range(12):
+        short, long = f"Rain {i}.", f"Heavy rain fell across the state on day {i}."
+        user = f"u{i % 2}"
+        chosen, rejected = (short, long) if user == "u0" else (long, short)
+        rows.append({"prompt": f"News {i}?", "chosen": chosen, "rejected": rejected, "user": user})
+    rows[1] = {
+        "prompt": [{"role": "user", "content": "News 1?"}],
+        "chosen": [{"role": "assistant", "content": rows[1]["chosen"]}],
+        "rejected": [{"role": "assistant", "content": rows[1]["rejected"]}],
+        "user": "u1",
+    }
+    return rows
+
+
+def test_trl_preference_rows_with_a_user_column(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    rows = trl_rows()
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[0]]))
+    config = TextSourceConfig(source=str(path), format="trl", max_bad_fraction=0.1)
+    out = load_text_pairs(config)
+    assert len(out) == 12  # the repeated row is the same pair for the same user: skipped
+    for row, source in zip(out, rows, strict=True):
+        chosen = row["response_b"] if row["choice"] else row["response_a"]
+        given = source["chosen"]
+        assert chosen == (given if isinstance(given, str) else given[0]["content"])
+    assert out[1]["prompt"] == "News 1?"  # a lone chat message is its content
+    assert {r["choice"] for r in out} == {0, 1}  # the chosen response is not always first
+
+
+def test_a_pairs_id_does_not_depend_on_which_response_comes_first(tmp_path):
+    from npalign.data.text import pair_id_of
+
+    assert pair_id_of("p", "x", "y") == pair_id_of("p", "y", "x")
+    rows = records(2)
+    rows[1] = {**rows[0], "first": rows[0]["second"], "second": rows[0]["first"], "pick": "b"}
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = TextSourceConfig(source=str(path), columns=MAPPING, max_bad_fraction=0.5)
+    (kept,) = load_text_pairs(config)  # the swapped copy is the same pair for the same user
+    assert kept["response_a"] == "short 0"
+
+
+def test_trl_conversations_without_a_prompt_column(tmp_path):
+    chat = [{"role": "user", "content": "Any news?"}]
+    row = {
+        "chosen": [*chat, {"role": "assistant", "content": "Rain."}],
+        "rejected": [*chat, {"role": "assistant", "content": "Heavy rain fell today."}],
+        "user": "u0",
+    }
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (out,) = load_text_pairs(TextSourceConfig(source=str(path), format="trl"))
+    assert out["prompt"] == "Any news?" and {out["response_a"], out["response_b"]} == {
+        "Rain.",
+        "Heavy rain fell today.",
+    }
+
+
+def test_the_records_source_reads_a_saved_dataset_dict_and_splits_by_prompt(tmp_path):
+    import datasets
+
+    from npalign.config import DataConfig
+    from npalign.registry import DATA_SOURCES
+
+    plain = [r for r in trl_rows() if isinstance(r["prompt"], str)]
+    dataset = datasets.DatasetDict({"train": datasets.Dataset.from_list(plain)})
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    data = DataConfig(
+        source="records",
+        path=str(tmp_path / "saved"),
+        records={"format": "trl", "split_fractions": (0.5, 0.25, 0.25)},
+    )
+    splits = DATA_SOURCES["records"].load(data)
+    prompts = {s: set(t.column("prompt").to_pylist()) for s, t in splits.items()}
+    assert sum(len(p) for p in prompts.values()) == 11
+    assert not prompts["train"] & prompts["test"] and all(prompts.values())

@@ -53,24 +53,43 @@ class SyntheticConfig(Strict):
 
 
 class TextColumns(Strict):
-    """Which of the source's columns hold each field of a text preference row. pair_id and
-    user_type may be absent: the pair id is then a hash of (prompt, response_a, response_b) and
+    """Which of the source's columns hold each field of a preference row. For `format: pairs`:
+    prompt, response_a, response_b, choice (0/1 or a/b); for `format: trl`: prompt, chosen,
+    rejected (TRL's preference format: plain strings or chat messages; without a prompt column
+    the prompt is the conversation before the last message). pair_id and user_type may be
+    absent: the pair id is then a hash of the prompt and the two responses in either order, and
     the type is the user."""
 
     prompt: str = "prompt"
     response_a: str = "response_a"
     response_b: str = "response_b"
-    user: str = "user"
     choice: str = "choice"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    user: str = "user"
     pair_id: str | None = None
     user_type: str | None = None
 
 
 class TextSourceConfig(Strict):
-    source: str = Field(description="hub name, dataset folder, .jsonl or .parquet file")
-    split: str = "train"
+    """Preference rows from one file or dataset: `data.records` for `data.source: records`,
+    where `data.path` gives the source."""
+
+    source: str = Field("", description="hub name, dataset folder, .jsonl or .parquet file")
+    format: Literal["pairs", "trl"] = "pairs"
+    split: str = Field("train", description="the split to read from a hub or DatasetDict")
     columns: TextColumns = TextColumns()
     max_bad_fraction: float = Field(0.05, ge=0, le=1)
+    split_fractions: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train/val/test shares of the prompts (split by prompt)"
+    )
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _shares(cls, shares: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(shares) <= 0 or abs(sum(shares) - 1) > 1e-6:
+            raise ValueError(f"train/val/test shares must be > 0 and sum to 1, got {shares}")
+        return shares
 
 
 class SteerType(Strict):
@@ -132,7 +151,9 @@ class DataConfig(Strict):
     synthetic: SyntheticConfig = SyntheticConfig()
     steer: SteerConfig = SteerConfig()
     embed: EmbedConfig = EmbedConfig()
-    # For source=parquet or text: a folder holding train.parquet, val.parquet and test.parquet.
+    records: TextSourceConfig = TextSourceConfig()
+    # source=parquet or text: a folder holding train.parquet, val.parquet and test.parquet;
+    # source=records: a .jsonl or .parquet file, a saved dataset folder or a hub name.
     path: str | None = None
     min_context: int = Field(0, ge=0)
     max_context: int = Field(10, ge=0)

@@ -17,7 +17,7 @@ import pyarrow as pa
 from npalign.config import DataConfig
 from npalign.data.preferences import PairTable, read_splits
 from npalign.data.synthetic import bayes_accuracy, make_synthetic
-from npalign.data.text import read_text_splits
+from npalign.data.text import read_text_splits, records_splits
 from npalign.registry import DATA_SOURCES
 
 
@@ -63,6 +63,17 @@ DATA_SOURCES.register("text")(
         text=True,
         needs_path=True,
         description="a folder of train/val/test.parquet text preference tables",
+    )
+)
+DATA_SOURCES.register("records")(
+    DataSource(
+        lambda data: records_splits(
+            data.records.model_copy(update={"source": data.path}), data.seed
+        ),
+        text=True,
+        needs_path=True,
+        description="preference rows in one .jsonl/.parquet file, saved dataset or hub name "
+        "(pairs, or TRL's prompt/chosen/rejected; data.records maps the columns), split by prompt",
     )
 )
 DATA_SOURCES.register("steer")(

@@ -25,14 +25,14 @@ import numpy as np
 import pyarrow as pa
 
 from npalign.config import SteerConfig, SteerType
-from npalign.data.text import split_by_prompt, text_id, write_text_pairs
+from npalign.data.text import pair_id_of, split_by_prompt, text_id, write_text_pairs
 from npalign.files import cache_dir, write_json
 
 log = logging.getLogger(__name__)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 # Bumped when the way responses are composed changes, so old caches are not reused.
-VERSION = 2
+VERSION = 3
 
 
 def corpus_path() -> Path:
@@ -162,10 +162,10 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
     rng = np.random.default_rng(config.seed)
     rows: list[dict[str, Any]] = []
     labelled = conflicting = 0
-    # The corpus repeats a few stories, and a repeat can draw a pair already drawn: it would be
-    # labelled twice and could sit in an episode's context and its targets at once. It is
-    # drawn like any other (the random stream, and so every other pair, stays as it is) and
-    # then dropped.
+    # A pair can be drawn twice: the corpus repeats a few stories, and a story's candidates can
+    # repeat a text, so (a, b) and later (b, a) come up. Labelled twice, it could sit in an
+    # episode's context and its targets at once. It is drawn like any other (the random stream,
+    # and so every other pair, stays as it is) and then dropped; ids ignore the order.
     seen_pairs: set[str] = set()
     for story in load_stories()[: config.stories]:
         if len(story) < 3:
@@ -187,7 +187,7 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
             a, b, choices = kept[i]
             if rng.random() < 0.5:  # which side the preferred answer is on carries no signal
                 a, b, choices = b, a, [1 - c for c in choices]
-            pair_id = text_id(prompt, a, b)
+            pair_id = pair_id_of(prompt, a, b)
             if pair_id in seen_pairs:
                 continue
             seen_pairs.add(pair_id)

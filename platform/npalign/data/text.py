@@ -1,9 +1,13 @@
 """Text preference data: prompt, response_a, response_b, user (and user_type), choice.
 
-Loaded from a HF `datasets` hub name (when online), a local dataset folder, JSONL or parquet,
-with a mapping from the source's column names. Bad rows (missing or empty text, a choice that is
-not 0/1, a duplicated pair id) are skipped and counted with their reason; more than
-`max_bad_fraction` of them is one clear error instead. Written as parquet, atomically.
+Loaded from a HF `datasets` hub name (when online), a saved dataset folder, JSONL or parquet,
+with a mapping from the source's column names, as pairs (response_a, response_b, choice) or in
+TRL's format (chosen, rejected; plain strings or chat messages). A pair's id is a hash of the
+prompt and the two responses in either order, so a copy with the responses swapped is the same
+pair. Bad rows (missing or empty text, a choice that is not 0/1, two identical responses, a
+pair labelled twice by one user, one pair under two ids) are skipped and counted with their
+reason; more than `max_bad_fraction` of them is one clear error instead. Written as parquet,
+atomically.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ class BadRows:
 
 
 def load_records(source: str, split: str = "train") -> Iterable[dict[str, Any]]:
-    """Rows of a JSONL or parquet file, a saved or local HF dataset folder, or a hub name."""
+    """Rows of a JSONL or parquet file, a saved dataset (or DatasetDict) folder, or a hub name."""
     import datasets
 
     path = Path(source)
@@ -89,10 +93,61 @@ def load_records(source: str, split: str = "train") -> Iterable[dict[str, Any]]:
         return datasets.load_dataset("parquet", data_files=str(path), split="train")
     if path.is_dir() and (path / "dataset_info.json").exists():
         return datasets.load_from_disk(str(path))
+    if path.is_dir() and (path / "dataset_dict.json").exists():
+        saved = datasets.load_from_disk(str(path))
+        if split not in saved:
+            raise PreferenceDataError(f"{source}: no split {split!r} (has {sorted(saved)})")
+        return saved[split]
     return datasets.load_dataset(source, split=split)  # a hub name, or a folder of data files
 
 
 CHOICES = {0: 0, 1: 1, "0": 0, "1": 1, "a": 0, "b": 1, "A": 0, "B": 1}
+
+
+def pair_id_of(prompt: str, response_a: str, response_b: str) -> str:
+    """The pair's id, the same whichever response comes first."""
+    return text_id(prompt, *sorted((response_a, response_b)))
+
+
+def message_text(value: Any) -> Any:
+    """A chat (a list of {role, content} messages) as one text: a lone message's content, else
+    each turn on its own line as "role: content". Anything else is returned as it is."""
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and "content" in m for m in value
+    ):
+        return value
+    if len(value) == 1:
+        return value[0]["content"]
+    return "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in value)
+
+
+def trl_texts(record: dict[str, Any], columns) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) of a TRL preference row; without a prompt column the prompt
+    is the conversation before the last message of `chosen` (TRL's implicit prompt)."""
+    chosen, rejected = record[columns.chosen], record[columns.rejected]
+    if columns.prompt in record:
+        return message_text(record[columns.prompt]), message_text(chosen), message_text(rejected)
+    if not isinstance(chosen, list) or not isinstance(rejected, list) or not chosen:
+        raise KeyError(columns.prompt)
+    prompt = message_text(chosen[:-1]) if len(chosen) > 1 else None
+    return prompt, message_text(chosen[-1:]), message_text(rejected[-1:])
+
+
+def record_texts(record: dict[str, Any], config: TextSourceConfig) -> tuple[dict[str, Any], Any]:
+    """({prompt, response_a, response_b, user}, choice) of one row in either format. In TRL's
+    format the two responses are put in the order of their texts, so `choice` says which one
+    was chosen and does not always point at the first."""
+    columns = config.columns
+    if config.format == "pairs":
+        texts = {f: record[getattr(columns, f)] for f in ("prompt", "response_a", "response_b")}
+        return {**texts, "user": record[columns.user]}, record[columns.choice]
+    prompt, chosen, rejected = trl_texts(record, columns)
+    user = record[columns.user]
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        return {"prompt": prompt, "response_a": chosen, "response_b": rejected, "user": user}, 0
+    first, second = sorted((chosen, rejected))
+    texts = {"prompt": prompt, "response_a": first, "response_b": second, "user": user}
+    return texts, 0 if first == chosen else 1
 
 
 def load_text_pairs(config: TextSourceConfig) -> list[dict[str, Any]]:
@@ -100,19 +155,16 @@ def load_text_pairs(config: TextSourceConfig) -> list[dict[str, Any]]:
     columns = config.columns
     bad = BadRows(config.source)
     seen: set[tuple[str, str]] = set()
+    id_of_content: dict[str, str] = {}
     rows = []
     for row_number, record in enumerate(load_records(config.source, config.split)):
         bad.total += 1
         try:
-            texts = {
-                f: record[getattr(columns, f)]
-                for f in ("prompt", "response_a", "response_b", "user")
-            }
-            choice = record[columns.choice]
+            texts, choice = record_texts(record, config)
         except KeyError as e:
             raise PreferenceDataError(
-                f"{config.source}: no column {e.args[0]!r} (data.columns maps the fields to "
-                f"the source's columns; found {sorted(record)})"
+                f"{config.source}: no column {e.args[0]!r} (data.records.columns maps the fields "
+                f"to the source's columns, format {config.format!r}; found {sorted(record)})"
             ) from None
         empty = [f for f, t in texts.items() if not isinstance(t, str) or not t.strip()]
         if empty:
@@ -121,11 +173,14 @@ def load_text_pairs(config: TextSourceConfig) -> list[dict[str, Any]]:
         if choice not in CHOICES:
             bad.skip(row_number, f"choice {choice!r} is not 0/1 or a/b")
             continue
-        pair_id = (
-            str(record[columns.pair_id])
-            if columns.pair_id
-            else text_id(texts["prompt"], texts["response_a"], texts["response_b"])
-        )
+        if texts["response_a"] == texts["response_b"]:
+            bad.skip(row_number, "two identical responses")
+            continue
+        content = pair_id_of(texts["prompt"], texts["response_a"], texts["response_b"])
+        pair_id = str(record[columns.pair_id]) if columns.pair_id else content
+        if id_of_content.setdefault(content, pair_id) != pair_id:
+            bad.skip(row_number, "the same pair as another pair id (in either order)")
+            continue
         if (pair_id, texts["user"]) in seen:
             bad.skip(row_number, "duplicated pair id for this user")
             continue
@@ -144,10 +199,8 @@ def load_text_pairs(config: TextSourceConfig) -> list[dict[str, Any]]:
 
 
 def write_text_pairs(rows: list[dict[str, Any]], path: str | Path) -> None:
-    schema = pa.schema([(c, pa.int8() if c == "choice" else pa.string()) for c in TEXT_COLUMNS])
-    table = pa.Table.from_pylist([{c: r[c] for c in TEXT_COLUMNS} for r in rows], schema=schema)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(text_table(rows), tmp)
 
 
 def split_by_prompt(
@@ -167,7 +220,8 @@ def split_by_prompt(
 
 
 def check_text_table(table: pa.Table, source: str) -> None:
-    """Every text present and not blank, choices 0 or 1, each (user, pair) once."""
+    """Every text present and not blank, choices 0 or 1, two different responses, each (user,
+    pair) once, and one pair (prompt and responses, in either order) under one id."""
     columns = table.to_pydict()
     for column in ("pair_id", "prompt_id", "prompt", "response_a", "response_b", "user"):
         for row, value in enumerate(columns[column]):
@@ -180,15 +234,60 @@ def check_text_table(table: pa.Table, source: str) -> None:
             raise PreferenceDataError(
                 f"{source}: row {row}, column 'choice': expected 0 (a) or 1 (b), found {choice}"
             )
+    first_row: dict[str, tuple[int, str]] = {}
+    pairs = zip(
+        columns["prompt"],
+        columns["response_a"],
+        columns["response_b"],
+        columns["pair_id"],
+        strict=True,
+    )
+    for row, (prompt, a, b, pair_id) in enumerate(pairs):
+        if a == b:
+            raise PreferenceDataError(
+                f"{source}: row {row}, columns 'response_a'/'response_b': the same text twice"
+            )
+        earlier, earlier_id = first_row.setdefault(pair_id_of(prompt, a, b), (row, pair_id))
+        if earlier_id != pair_id:
+            raise PreferenceDataError(
+                f"{source}: rows {earlier} and {row} hold the same pair (prompt and responses, "
+                f"in either order) under two pair ids, {earlier_id!r} and {pair_id!r}"
+            )
     check_labels(columns["pair_id"], columns["user"], source)
 
 
+TEXT_SCHEMA = pa.schema([(c, pa.int8() if c == "choice" else pa.string()) for c in TEXT_COLUMNS])
+
+
+def text_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist([{c: r[c] for c in TEXT_COLUMNS} for r in rows], schema=TEXT_SCHEMA)
+
+
+def check_text_splits(
+    tables: dict[str, pa.Table], source: str, names: dict[str, str]
+) -> dict[str, pa.Table]:
+    """Each split checked (`check_text_table`, errors naming `names[split]`) and no prompt in
+    two splits."""
+    for split, table in tables.items():
+        check_text_table(table, names[split])
+    prompts = {s: set(t.column("prompt_id").to_pylist()) for s, t in tables.items()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = prompts[a] & prompts[b]
+        if shared:
+            raise PreferenceDataError(
+                f"{source}: {len(shared)} prompt(s) in both {a} and {b} (e.g. {min(shared)}); "
+                "text data is split by prompt"
+            )
+    return tables
+
+
 def read_text_splits(folder: str | Path) -> dict[str, pa.Table]:
-    """train/val/test.parquet in the text preference format; a missing column or a prompt in two
-    splits is an error that names the file."""
-    tables = {}
+    """train/val/test.parquet in the text preference format; a missing column, a bad row or a
+    prompt in two splits is an error that names the file."""
+    tables, names = {}, {}
     for split in SPLITS:
         path = Path(folder) / f"{split}.parquet"
+        names[split] = str(path)
         if not path.exists():
             raise PreferenceDataError(f"{path}: not found (a text data folder holds {SPLITS})")
         try:
@@ -199,13 +298,13 @@ def read_text_splits(folder: str | Path) -> dict[str, pa.Table]:
         if missing:
             raise PreferenceDataError(f"{path}: missing column(s) {missing}")
         tables[split] = table.select(list(TEXT_COLUMNS))
-        check_text_table(tables[split], str(path))
-    prompts = {s: set(t.column("prompt_id").to_pylist()) for s, t in tables.items()}
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        shared = prompts[a] & prompts[b]
-        if shared:
-            raise PreferenceDataError(
-                f"{folder}: {len(shared)} prompt(s) in both {a} and {b} (e.g. {min(shared)}); "
-                "text data is split by prompt"
-            )
-    return tables
+    return check_text_splits(tables, str(folder), names)
+
+
+def records_splits(config: TextSourceConfig, seed: int) -> dict[str, pa.Table]:
+    """One source of preference rows, split by prompt (seeded) into checked text tables."""
+    rows = load_text_pairs(config)
+    splits = split_by_prompt(rows, config.split_fractions, seed)
+    tables = {split: text_table(rows) for split, rows in splits.items()}
+    names = {split: f"{config.source} ({split} split)" for split in tables}
+    return check_text_splits(tables, config.source, names)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from npalign.data.text import BadRows, split_by_prompt, text_id, write_text_pairs
+from npalign.data.text import BadRows, pair_id_of, split_by_prompt, text_id, write_text_pairs
 
 ATTRIBUTES = {
     "hh": ("helpfulness", "honesty"),
@@ -68,7 +68,7 @@ def conflicting_pairs(
             choices = [int(b > a) for a, b in zip(r_i, r_j, strict=True)]  # 1: j preferred
             if len(set(choices)) == 1:
                 continue  # every attribute agrees: not a conflicting pair
-            pair_id = text_id(prompt, texts[i], texts[j])
+            pair_id = pair_id_of(prompt, texts[i], texts[j])
             if pair_id in seen:
                 duplicated = True
                 continue
