@@ -14,7 +14,7 @@ LAYERS = [
     {"config"},
     {"data"},
     {"models"},
-    {"train", "evaluation", "inference"},
+    {"train", "evaluation", "inference", "export"},
     {"recipes"},
     {"serving", "sweep"},
     {"cli"},

@@ -49,11 +49,18 @@ def test_an_endpoint_reachable_from_other_machines_needs_tokens(monkeypatch):
     monkeypatch.delenv("NPALIGN_USER_TOKENS", raising=False)
     with pytest.raises(ValidationError, match="no token is set"):
         ServeConfig(policy="p", host="0.0.0.0")
-    open_behind_gateway = ServeConfig(policy="p", host="0.0.0.0", allow_unauthenticated=True)
-    assert "0.0.0.0" not in open_behind_gateway.allowed_hosts
+    with pytest.raises(ValidationError, match="set allowed_hosts"):
+        ServeConfig(policy="p", host="0.0.0.0", allow_unauthenticated=True)
+    behind_gateway = ServeConfig(
+        policy="p", host="0.0.0.0", allow_unauthenticated=True, allowed_hosts=["NPalign.example"]
+    )
+    assert behind_gateway.allowed_hosts == ["npalign.example"]
     assert ServeConfig(policy="p").allowed_hosts == ["127.0.0.1", "::1", "localhost"]
-    with pytest.raises(ValidationError, match="at least 16"):
-        ServeConfig(policy="p", admin_token="short")
+    for bad in ("short", "x" * 15, "é" * 20, "two words but long enough"):
+        with pytest.raises(ValidationError, match="at least 16 printable ASCII"):
+            ServeConfig(policy="p", admin_token=bad)
+    with pytest.raises(ValidationError, match="at least 16 printable ASCII"):
+        ServeConfig(policy="p", user_tokens={"ann": ""})
 
     monkeypatch.setenv("NPALIGN_ADMIN_TOKEN", "a" * 16)
     monkeypatch.setenv("NPALIGN_USER_TOKENS", '{"ann": "' + "b" * 16 + '"}')

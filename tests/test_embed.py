@@ -86,3 +86,23 @@ def test_decoder_lm_with_last_token_pooling():
     with torch.inference_mode():
         hidden = encoder.model(**tokens).last_hidden_state[0, -1]
     np.testing.assert_allclose(both[0], hidden.numpy(), atol=1e-4)  # padding changed nothing
+
+
+def test_a_nan_or_a_truncated_file_in_the_embedding_cache_is_named(tmp_path):
+    import re
+
+    import pyarrow.parquet as pq
+
+    from npalign.data.embed import read_cache
+    from npalign.data.preferences import PreferenceDataError
+
+    vectors = np.ones((3, 4), np.float32)
+    vectors[2, 1] = np.nan
+    part = tmp_path / "part-0.parquet"
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 4)
+    pq.write_table(pa.table({"key": ["a", "b", "c"], "embedding": column}), part)
+    with pytest.raises(PreferenceDataError, match=re.escape(f"{part}: row 2, column 'embedding'")):
+        read_cache(tmp_path)
+    part.write_bytes(part.read_bytes()[:40])
+    with pytest.raises(PreferenceDataError, match=f"{part}: unreadable"):
+        read_cache(tmp_path)

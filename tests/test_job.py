@@ -117,7 +117,7 @@ def test_policy_job_refuses_synthetic_data(tmp_path, capsys):
         [f"run.output_dir={tmp_path / 'runs'}", "data.source=synthetic"]
     )
     assert code == 2
-    assert "data.source must be one of ['text', 'steer']" in capsys.readouterr().err
+    assert "data.source must be one of ['text', 'records', 'steer']" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

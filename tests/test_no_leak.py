@@ -54,6 +54,36 @@ def write_trl_jsonl(path, rows: dict[str, list[dict]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in trl_records(rows)))
 
 
+def write_rated_parquet(path, rows: dict[str, list[dict]]) -> None:
+    """The steer task's responses as a rated table: one row per (prompt, response), scored on
+    brevity (fewer words) and detail (more words)."""
+    import pyarrow.parquet as pq
+
+    seen, table = set(), []
+    for row in (r for split in rows.values() for r in split):
+        for response in (row["response_a"], row["response_b"]):
+            if (row["prompt"], response) not in seen:
+                seen.add((row["prompt"], response))
+                words = len(response.split())
+                table.append(
+                    {
+                        "question": row["prompt"],
+                        "answer": response,
+                        "brevity": -words,
+                        "detail": words,
+                    }
+                )
+    pq.write_table(pa.Table.from_pylist(table), path)
+
+
+RATED = {
+    "format": "rated",
+    "attributes": ["brevity", "detail"],
+    "margin": 10,
+    "columns": {"prompt": "question", "response": "answer"},
+}
+
+
 def data_config(source: str, tmp_path) -> DataConfig:
     common = {"max_context": 5, "num_targets": 4, "train_episodes": 400, "val_episodes": 100}
     if source == "synthetic":
@@ -65,9 +95,16 @@ def data_config(source: str, tmp_path) -> DataConfig:
         for split, split_rows in rows.items():
             write_text_pairs(split_rows, tmp_path / f"{split}.parquet")
         return DataConfig(source=source, path=str(tmp_path), **common)
-    write_trl_jsonl(tmp_path / "prefs.jsonl", rows)
-    records = {"format": "trl", "columns": {"user_type": "user_type"}}
-    return DataConfig(source=source, path=str(tmp_path / "prefs.jsonl"), records=records, **common)
+    if source == "records (rated)":
+        write_rated_parquet(tmp_path / "rated.parquet", rows)
+        path, records = tmp_path / "rated.parquet", RATED
+    else:
+        write_trl_jsonl(tmp_path / "prefs.jsonl", rows)
+        path, records = (
+            tmp_path / "prefs.jsonl",
+            {"format": "trl", "columns": {"user_type": "user_type"}},
+        )
+    return DataConfig(source="records", path=str(path), records=records, **common)
 
 
 def content_keys(split) -> np.ndarray:
@@ -98,10 +135,10 @@ def sampled_pairs(split) -> PairTable:
     )
 
 
-@pytest.mark.parametrize("source", ["synthetic", "steer", "text", "records"])
+@pytest.mark.parametrize("source", ["synthetic", "steer", "text", "records", "records (rated)"])
 def test_no_target_of_an_episode_is_in_its_context_by_content(source, tmp_path):
     data = data_config(source, tmp_path)
-    splits = DATA_SOURCES[source].load(data)
+    splits = DATA_SOURCES[data.source].load(data)
     pairs = {split: sampled_pairs(table) for split, table in splits.items()}
     episodes = {f"{k} episodes": v for k, v in sample_train_val(data, pairs).items()}
     for m, table in evaluation_episodes(pairs["test"], [0, 1, 5], 200, 4, seed=1).items():

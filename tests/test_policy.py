@@ -209,11 +209,40 @@ def test_checkpoint_round_trip_restores_generation_exactly(tmp_path):
         load_policy(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def smol_checkpoint(tmp_path_factory):
-    """SmolLM2 cut to one block, LoRA and FiLM perturbed, saved and loaded back."""
-    from npalign.config import EmbedConfig, PolicyConfig
+def test_a_checkpoint_loads_after_it_moves_and_its_np_btl_run_is_deleted(tmp_path):
+    import shutil
+
+    from npalign.config import EmbedConfig, ModelConfig, PolicyConfig
     from npalign.models.policy import build_policy, load_policy, save_policy
+    from npalign.models.reward import build_reward_model, save_reward_model
+
+    model = ModelConfig(hidden_dim=16, latent_dim=LATENT)
+    torch.manual_seed(3)
+    reward = build_reward_model("npbtl", model, 16)
+    save_reward_model(tmp_path / "npbtl", "npbtl", model, 16, reward.state_dict())
+    config = PolicyConfig(
+        num_layers=1,
+        lora_rank=4,
+        hidden_dim=16,
+        latent_dim=LATENT,
+        encoder_init=str(tmp_path / "npbtl"),
+    )
+    policy, _ = build_policy(config, feature_dim=16)
+    state = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    save_policy(tmp_path / "run" / "policy", config, EmbedConfig(), 16, True, state)
+
+    shutil.move(tmp_path / "run", tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "npbtl")
+    loaded = load_policy(tmp_path / "elsewhere" / "policy").policy
+    for name, tensor in loaded.encoder.state_dict().items():
+        torch.testing.assert_close(tensor, reward.context_encoder.state_dict()[name])
+
+
+@pytest.fixture(scope="module")
+def smol_checkpoint_folder(tmp_path_factory):
+    """SmolLM2 cut to one block, LoRA and FiLM perturbed, saved."""
+    from npalign.config import EmbedConfig, PolicyConfig
+    from npalign.models.policy import build_policy, save_policy
 
     folder = tmp_path_factory.mktemp("policy")
     config = PolicyConfig(num_layers=1, lora_rank=4, hidden_dim=16, latent_dim=LATENT)
@@ -221,7 +250,15 @@ def smol_checkpoint(tmp_path_factory):
     perturb(policy)
     state = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     save_policy(folder, config, EmbedConfig(), 384, True, state)
-    return load_policy(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def smol_checkpoint(smol_checkpoint_folder):
+    """That checkpoint loaded back."""
+    from npalign.models.policy import load_policy
+
+    return load_policy(smol_checkpoint_folder)
 
 
 def test_generate_for_users_given_their_choices(smol_checkpoint):
@@ -305,3 +342,39 @@ def test_a_row_that_fails_in_a_batch_fails_alone(smol_checkpoint):
     assert [isinstance(o, str) for o in out] == [True, False, True]
     alone = [generate_isolated(smol_checkpoint, [p], z[:1], [3])[0] for p in prompts[::2]]
     assert [out[0], out[2]] == alone
+
+
+def test_the_export_loads_with_plain_transformers_and_peft(tmp_path, smol_checkpoint_folder):
+    """The adapter on the base model, without npalign, gives the policy's logits at z = 0; the
+    steering files hold FiLM and the encoder exactly."""
+    import json
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from test_job import load_job
+    from transformers import AutoModelForCausalLM
+
+    from npalign.models.policy import load_policy, truncate_blocks
+    from npalign.pretrained import model_path
+
+    out = tmp_path / "exported"
+    assert load_job("export_policy").main([str(smol_checkpoint_folder), "--out", str(out)]) == 0
+    steering = json.loads((out / "steering.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(model_path(steering["policy"]["base"]))
+    truncate_blocks(base, steering["policy"]["num_layers"])  # the test policy keeps one block
+    outside = PeftModel.from_pretrained(base, out / "adapter").eval()
+
+    policy = load_policy(smol_checkpoint_folder).policy
+    ids = torch.tensor([[5, 17, 29, 41, 53]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ours = policy.logits(ids, mask, None)
+        theirs = outside(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(theirs, ours)
+    saved = load_file(str(out / "steering.safetensors"))
+    for name, tensor in policy.state_dict().items():
+        if name.startswith(("film.", "encoder.")):
+            torch.testing.assert_close(saved[name], tensor)
+    assert "LoRA rank 4" in (out / "README.md").read_text()
+    with pytest.raises(FileExistsError):
+        load_job("export_policy").main([str(smol_checkpoint_folder), "--out", str(out)])

@@ -134,3 +134,30 @@ def test_a_store_url_names_its_backend():
     assert {"sqlite", "postgresql"} <= set(USER_STORES.names())
     with pytest.raises(KeyError, match="unknown user store 'redis'"):
         open_store("redis://127.0.0.1/0")
+
+
+def test_a_user_keeps_only_their_latest_request_ids(store_url, monkeypatch):
+    import npalign.stores.postgres
+    import npalign.stores.sqlite
+
+    for module in (npalign.stores.sqlite, npalign.stores.postgres):
+        monkeypatch.setattr(module, "REQUEST_IDS_KEPT", 3)
+    store = open_store(store_url)
+    for i in range(5):
+        store.add_choices("lou", np.full((1, 2), i), np.zeros((1, 2)), request_id=f"r{i}")
+    assert len(store.add_choices("lou", np.ones((1, 2)), np.zeros((1, 2)), "r4").chosen) == 5
+    # r0 is forgotten: a retry that late counts as a new post
+    assert len(store.add_choices("lou", np.ones((1, 2)), np.zeros((1, 2)), "r0").chosen) == 6
+
+
+def test_the_postgres_store_reconnects_after_the_server_drops_it(postgres_url):
+    import psycopg
+
+    store = open_store(postgres_url)
+    store.add_choices("mo", np.ones((1, 4)), np.zeros((1, 4)))
+    backend = store._connection().info.backend_pid
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    assert len(store.get("mo").chosen) == 1  # on a new connection
+    retried = store.add_choices("mo", np.ones((1, 4)), np.zeros((1, 4)), request_id="x")
+    assert len(retried.chosen) == 2

@@ -16,6 +16,16 @@ from npalign.models.reward import load_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
+# A text task small enough for a test: contexts of up to 3, 1 epoch, scored at m = 0 and 3.
+SMALL_TEXT_RUN = [
+    "data.max_context=3",
+    "data.num_targets=4",
+    "data.train_episodes=3200",
+    "data.val_episodes=64",
+    "train.epochs=1",
+    "eval.context_sizes=[0,3]",
+    "eval.num_episodes=100",
+]
 
 
 def test_main_job_trains_npbtl_with_zero2(ray_cluster, tmp_path, capsys):
@@ -53,6 +63,14 @@ def test_main_job_trains_npbtl_with_zero2(ray_cluster, tmp_path, capsys):
     assert reports == [1, 2]
     history = npbtl["train_metrics"]
     assert history["val_nll"] < 0.5
+    # the checkpoint evaluated is the epoch with the lowest validation loss
+    val_nll = {
+        c: json.loads((c / "train_state.json").read_text())["metrics"]["val_nll"]
+        for c in Path(npbtl["checkpoint"]).parent.glob("checkpoint_*")
+        if c.is_dir()
+    }
+    assert Path(npbtl["checkpoint"]) == min(val_nll, key=val_nll.get)
+    assert history["val_nll"] == min(val_nll.values())
     # the context helps: accuracy with 10 context pairs beats none by a wide margin
     average = npbtl["average"]
     assert average["10"]["mean"] > average["0"]["mean"] + 10
@@ -65,9 +83,8 @@ def test_main_job_trains_npbtl_with_zero2(ray_cluster, tmp_path, capsys):
     load_reward_model(checkpoint)
 
 
-def test_failure_after_first_checkpoint_resumes_with_zero3(ray_cluster, tmp_path):
-    from npalign.train.reward import fit_reward_model
-
+def small_synthetic_fit(folder: Path, overrides: list[str]):
+    """(config, pairs, episode files) of a 10-step-per-epoch synthetic NP-BTL fit."""
     config = load_config(
         None,
         [
@@ -75,18 +92,29 @@ def test_failure_after_first_checkpoint_resumes_with_zero3(ray_cluster, tmp_path
             "data.train_episodes=640",
             "data.val_episodes=64",
             "model.hidden_dim=32",
+            *overrides,
+        ],
+    )
+    pairs = make_synthetic(config.data.synthetic)
+    episodes = {}
+    for split, n in (("train", 640), ("val", 64)):
+        episodes[split] = folder / f"{split}.parquet"
+        pq.write_table(sample_episodes(pairs[split], n, 0, 10, 20, seed=0), episodes[split])
+    return config, pairs, episodes
+
+
+def test_failure_after_first_checkpoint_resumes_with_zero3(ray_cluster, tmp_path):
+    from npalign.train.reward import fit_reward_model
+
+    config, pairs, episodes = small_synthetic_fit(
+        tmp_path,
+        [
             "train.epochs=2",
             "train.zero_stage=3",
             "train.max_failures=1",
             "train.fail_after_epoch=1",
         ],
     )
-    pairs = make_synthetic(config.data.synthetic)
-    episodes = {}
-    for split, n in (("train", 640), ("val", 64)):
-        episodes[split] = tmp_path / f"{split}.parquet"
-        pq.write_table(sample_episodes(pairs[split], n, 0, 10, 20, seed=0), episodes[split])
-
     result = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "checkpoints")
     steps_per_epoch = 640 // 64
     # the worker group died after epoch 1's checkpoint; the restart resumed at its step
@@ -102,6 +130,64 @@ def test_failure_after_first_checkpoint_resumes_with_zero3(ray_cluster, tmp_path
     load_reward_model(checkpoint)
 
 
+def test_training_stops_when_the_validation_loss_stops_falling(ray_cluster, tmp_path):
+    """At a learning rate too small to move a weight, val_nll is the same every epoch: with
+    patience 1 the fit stops after epoch 2 of 4, and the kept checkpoint is epoch 1's."""
+    from npalign.train.loop import kept
+    from npalign.train.reward import fit_reward_model
+
+    config, pairs, episodes = small_synthetic_fit(
+        tmp_path, ["train.epochs=4", "train.lr=1e-30", "train.patience=1"]
+    )
+    result = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "checkpoints")
+    assert result.metrics["epoch"] == 2 and result.metrics["epochs_without_improvement"] == 1
+    checkpoint, metrics = kept(result, config.train)
+    assert metrics["epoch"] == 1
+    assert json.loads((Path(checkpoint.path) / "train_state.json").read_text())["epoch"] == 1
+
+
+@pytest.mark.parametrize("kind", ["trl", "rated"])
+def test_the_reward_job_trains_on_a_users_own_file(ray_cluster, tmp_path, capsys, kind):
+    """A user's own file through the reward job (Ray Data embeds it, Ray Train fits NP-BTL,
+    the test split is scored by context size): TRL's format (prompt/chosen/rejected, half as chat
+    messages, a user and a user-type column), or a table of responses rated on two attributes."""
+    from test_job import load_job
+    from test_no_leak import RATED, steer_rows, write_rated_parquet, write_trl_jsonl
+
+    if kind == "trl":
+        path, types = tmp_path / "prefs.jsonl", ["concise", "detailed"]
+        write_trl_jsonl(path, steer_rows())
+        records = ["data.records.format=trl", "data.records.columns.user_type=user_type"]
+        # Long enough (300 steps) for NP-BTL to learn to read the context; the rated file
+        # only has to make the same way through.
+        longer = ["data.train_episodes=6400", "train.epochs=3"]
+    else:
+        path, types = tmp_path / "rated.parquet", ["brevity", "detail"]
+        write_rated_parquet(path, steer_rows())
+        records, longer = [f"data.records={json.dumps(RATED)}"], []
+    job = load_job("train_reward")
+    code = job.main(
+        [
+            "--config",
+            str(ROOT / "configs/steer.yaml"),
+            f"run.output_dir={tmp_path}",
+            "data.source=records",
+            f"data.path={path}",
+            *records,
+            "models=[npbtl]",
+            *SMALL_TEXT_RUN,
+            *longer,
+        ]
+    )
+    assert code == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run folder: "))
+    npbtl = json.loads((folder / "metrics.json").read_text())["results"]["npbtl"]
+    assert sorted(npbtl["by_type"]) == types and set(npbtl["average"]) == {"0", "3"}
+    if longer:
+        # The users disagree on every pair: three of a user's choices tell who they are.
+        assert npbtl["average"]["3"]["mean"] > npbtl["average"]["0"]["mean"] + 20
+
+
 def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_path):
     from npalign.recipes.outline import run_recipe
     from npalign.recipes.reward import REWARD
@@ -113,13 +199,7 @@ def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_p
             "models=[oracle]",
             "data.steer.stories=30",
             "data.steer.pairs_per_prompt=6",
-            "data.max_context=3",
-            "data.num_targets=4",
-            "data.train_episodes=3200",
-            "data.val_episodes=64",
-            "train.epochs=1",
-            "eval.context_sizes=[0,3]",
-            "eval.num_episodes=100",
+            *SMALL_TEXT_RUN,
         ],
     )
     run = run_recipe(config, REWARD)
@@ -243,3 +323,15 @@ def test_micro_batches_slice_chunks_in_order_and_drop_only_the_last_part(ray_clu
     assert sum(kept, []) == list(range(rows - 1))
     every = [b["episode"].to_pylist() for b in micro_batches(dataset, 2, drop_last=False)]
     assert sum(every, []) == list(range(rows)) and len(every[-1]) == 1
+
+
+def test_the_learning_rate_warms_up_then_decays():
+    from npalign.train.loop import cosine_schedule, epochs_without_improvement
+
+    factor = cosine_schedule(total_steps=100, warmup_steps=10)
+    assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5)
+    assert factor(100) == pytest.approx(0.0)
+    assert cosine_schedule(100)(0) == 1.0  # no warm-up: the full rate from the first step
+    assert epochs_without_improvement([3.0, 2.0, 2.5, 2.6]) == 2
+    assert epochs_without_improvement([3.0, 2.0, 1.0]) == 0

@@ -41,13 +41,15 @@ class Access:
         """The caller a request's Authorization header makes; 401 if it makes none."""
         if not self.admin_token and not self.user_tokens:
             return Caller(admin=True)
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() == "bearer" and token:
-            # Constant-time comparisons: no timing tells how much of a token matched.
-            if self.admin_token and hmac.compare_digest(token, self.admin_token):
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer" and given:
+            # Constant-time comparisons of bytes (headers arrive as latin-1 text; str
+            # comparison refuses non-ASCII): no timing tells how much of a token matched.
+            token = given.encode("latin-1")
+            if self.admin_token and hmac.compare_digest(token, self.admin_token.encode()):
                 return Caller(admin=True)
             for user_id, user_token in self.user_tokens.items():
-                if hmac.compare_digest(token, user_token):
+                if hmac.compare_digest(token, user_token.encode()):
                     return Caller(admin=False, user_id=user_id)
         raise HTTPException(
             401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}

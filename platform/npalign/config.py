@@ -66,6 +66,7 @@ class TextColumns(Strict):
     choice: str = "choice"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    response: str = "response"
     user: str = "user"
     pair_id: str | None = None
     user_type: str | None = None
@@ -76,13 +77,30 @@ class TextSourceConfig(Strict):
     where `data.path` gives the source."""
 
     source: str = Field("", description="hub name, dataset folder, .jsonl or .parquet file")
-    format: Literal["pairs", "trl"] = "pairs"
+    format: Literal["pairs", "trl", "rated"] = Field(
+        "pairs",
+        description="pairs: response_a/response_b/choice; trl: chosen/rejected; rated: one row "
+        "per (prompt, response) with a score column per attribute (a user type per attribute)",
+    )
+    attributes: list[str] = Field(
+        default_factory=list, description="rated: the score columns, one user type each"
+    )
+    margin: float = Field(0.0, ge=0, description="rated: a score difference within it is a tie")
+    conflicting_only: bool = Field(
+        True, description="rated: keep only pairs the attributes disagree on"
+    )
     split: str = Field("train", description="the split to read from a hub or DatasetDict")
     columns: TextColumns = TextColumns()
     max_bad_fraction: float = Field(0.05, ge=0, le=1)
     split_fractions: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="train/val/test shares of the prompts (split by prompt)"
     )
+
+    @model_validator(mode="after")
+    def _rated_attributes(self):
+        if self.format == "rated" and len(self.attributes) < 2:
+            raise ValueError("format rated needs two or more score columns in `attributes`")
+        return self
 
     @field_validator("split_fractions")
     @classmethod
@@ -223,8 +241,17 @@ class TrainConfig(Strict):
     batch_size: int = Field(64, gt=0, description="episodes per step, summed over workers")
     epochs: int = Field(3, gt=0)
     lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up, then cosine")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="the checkpoint evaluated and returned: the epoch with the lowest val_nll, "
+        "or the last",
+    )
+    patience: int | None = Field(
+        None, gt=0, description="stop after this many epochs without a lower val_nll"
+    )
     max_failures: int = Field(1, ge=0)
     seed: int = 0
     # Failure drill: raise once, right after the checkpoint of this epoch is saved, to exercise
@@ -408,6 +435,11 @@ class SweepConfig(Strict):
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def _token_shape(token: str) -> bool:
+    """Long enough not to be guessed, and sendable in a header unchanged."""
+    return len(token) >= 16 and token.isascii() and token.isprintable() and " " not in token
+
+
 class ServeConfig(Strict):
     """The steerable endpoint (`serve/`): checkpoints, user store, limits, batching, scaling,
     backpressure and access. Tokens are best given in the environment (NPALIGN_ADMIN_TOKEN,
@@ -496,8 +528,9 @@ class ServeConfig(Strict):
                 raise ValueError("NPALIGN_USER_TOKENS must be a JSON object user id → token")
             self.user_tokens = tokens
         tokens = [self.admin_token, *self.user_tokens.values()]
-        if any(t and len(t) < 16 for t in tokens):
-            raise ValueError("tokens must have at least 16 characters")
+        given = [t for t in tokens if t] + [t for t in self.user_tokens.values() if not t]
+        if not all(_token_shape(t) for t in given):
+            raise ValueError("tokens must be at least 16 printable ASCII characters, no spaces")
         if len(set(self.user_tokens.values())) < len(self.user_tokens):
             raise ValueError("user_tokens: two users share a token")
         if self.host not in LOOPBACK_HOSTS and not any(tokens) and not self.allow_unauthenticated:
@@ -506,8 +539,13 @@ class ServeConfig(Strict):
                 "admin_token / user_tokens (or NPALIGN_ADMIN_TOKEN), or allow_unauthenticated: "
                 "true if a gateway in front authenticates"
             )
-        if not self.allowed_hosts:
-            self.allowed_hosts = sorted({*LOOPBACK_HOSTS, self.host} - {"0.0.0.0", "::"})
+        if not self.allowed_hosts and self.host in ("0.0.0.0", "::"):
+            raise ValueError(
+                f"host {self.host!r} listens on every interface: set allowed_hosts to the names "
+                "clients reach it by (['*'] accepts any Host header)"
+            )
+        names = self.allowed_hosts or [*LOOPBACK_HOSTS, self.host]
+        self.allowed_hosts = sorted({n.lower().strip("[]") for n in names})
         return self
 
 

@@ -18,6 +18,7 @@ but /health wants `Authorization: Bearer TOKEN` (`access.py`); the Host header i
 import asyncio
 import contextlib
 import datetime
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,6 +224,7 @@ class SteerableEndpoint:
         # user → (store version, z), least recently used first; versions never repeat, so an
         # entry of a user deleted and created again is never served.
         self.latents: OrderedDict[str, tuple[int, torch.Tensor]] = OrderedDict()
+        self.latents_lock = threading.Lock()  # requests run `_latent` in threads at once
         batch = self._generate_batch
         batch.set_max_batch_size(self.config.max_batch_size)
         batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
@@ -270,6 +272,8 @@ class SteerableEndpoint:
     def _stored(self, user_id: str):
         state = self.store.get(user_id)
         if state is None:
+            with self.latents_lock:  # deleted (maybe through another replica): forget their z
+                self.latents.pop(user_id, None)
             raise HTTPException(404, f"unknown user {user_id!r}: add choices first")
         keep = self.config.max_context_pairs  # the most recent choices
         return state, ContextEmbeddings(state.chosen[-keep:], state.rejected[-keep:])
@@ -280,13 +284,15 @@ class SteerableEndpoint:
             context = self._context(request)
             return user_latents(self.policy, [context])[0], len(context.chosen)
         state, context = self._stored(request.user_id)
-        cached = self.latents.get(request.user_id)
+        with self.latents_lock:
+            cached = self.latents.get(request.user_id)
         if cached is None or cached[0] != state.version:
             cached = (state.version, user_latents(self.policy, [context])[0])
-        self.latents[request.user_id] = cached
-        self.latents.move_to_end(request.user_id)
-        while len(self.latents) > self.config.max_cached_users:
-            self.latents.popitem(last=False)
+        with self.latents_lock:
+            self.latents[request.user_id] = cached
+            self.latents.move_to_end(request.user_id)
+            while len(self.latents) > self.config.max_cached_users:
+                self.latents.popitem(last=False)
         return cached[1], len(context.chosen)
 
     # --- endpoints -------------------------------------------------------------------------
@@ -378,7 +384,8 @@ class SteerableEndpoint:
         """204: deleted and erased. 503: deleted, but some bytes are still in the store's log
         (retry). 404: no such user (nothing of them is stored)."""
         who.check_may_act_for(user_id)
-        self.latents.pop(user_id, None)
+        with self.latents_lock:
+            self.latents.pop(user_id, None)
         try:
             found = await asyncio.to_thread(self.store.delete, user_id)
         except EraseIncomplete as error:

@@ -126,6 +126,8 @@ def run_trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from npalign.train.loop import kept
+
     config = trial_config(base, sweep, point)
     recipe = recipe_of(sweep.model)
     trial_id = ray.tune.get_context().get_trial_id()
@@ -139,12 +141,11 @@ def run_trial(
     # Same storage on a restart: the fit resumes from the trial's latest checkpoint.
     callbacks = [TuneReportCallback()]
     result = recipe.fit(config, sweep.model, splits, files, trial_dir, "fit", callbacks)
-    scores = recipe.evaluate(config, Path(result.checkpoint.path), splits, "val", sweep.eval)
+    checkpoint, metrics = kept(result, config.train)
+    scores = recipe.evaluate(config, Path(checkpoint.path), splits, "val", sweep.eval)
     write_json(trial_dir / "evaluation.json", scores)
     accuracy = {f"val_acc_m{m}": s["mean"] for m, s in scores["average"].items()}
-    ray.tune.report(
-        {**result.metrics, **accuracy, "finished": 1, "checkpoint": result.checkpoint.path}
-    )
+    ray.tune.report({**metrics, **accuracy, "finished": 1, "checkpoint": checkpoint.path})
 
 
 def _trainable(base: dict, sweep: SweepConfig, folder: Path):

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from npalign.config import EmbedConfig
-from npalign.data.preferences import PairTable
+from npalign.data.preferences import PairTable, PreferenceDataError
 from npalign.data.text import text_id
 from npalign.files import atomic_path, cache_dir
 from npalign.pretrained import model_path
@@ -83,10 +83,23 @@ def cache_folder(config: EmbedConfig) -> Path:
 
 
 def read_cache(folder: Path) -> dict[str, np.ndarray]:
+    """key → embedding of every cache part; an unreadable part or a non-finite embedding is an
+    error naming the file and row (delete the part to embed its texts again)."""
     cached: dict[str, np.ndarray] = {}
     for part in sorted(folder.glob("part-*.parquet")):
-        table = pq.read_table(part)
+        try:
+            table = pq.read_table(part)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise PreferenceDataError(
+                f"{part}: unreadable embedding cache part ({e}); delete it to embed again"
+            ) from e
         embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+        bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+        if len(bad):
+            raise PreferenceDataError(
+                f"{part}: row {bad[0]}, column 'embedding': NaN or inf in a cached embedding "
+                f"({len(bad)} rows); delete the file to embed its texts again"
+            )
         cached.update(zip(table.column("key").to_pylist(), embeddings, strict=True))
     return cached
 

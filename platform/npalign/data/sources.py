@@ -14,10 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from npalign.config import DataConfig
-from npalign.data.preferences import PairTable, read_splits
+from npalign.config import DataConfig, TextSourceConfig
+from npalign.data.preferences import PairTable, PreferenceDataError, read_splits
+from npalign.data.rated import rated_pairs, rated_table_prompts
 from npalign.data.synthetic import bayes_accuracy, make_synthetic
-from npalign.data.text import read_text_splits, records_splits
+from npalign.data.text import (
+    BadRows,
+    check_text_splits,
+    load_records,
+    load_text_pairs,
+    read_text_splits,
+    split_by_prompt,
+    text_table,
+)
 from npalign.registry import DATA_SOURCES
 
 
@@ -37,6 +46,34 @@ def steer_splits(data: DataConfig) -> dict[str, pa.Table]:
     from npalign.data.steer import build_steer  # the corpus package is needed only here
 
     return read_text_splits(build_steer(data.steer))
+
+
+def records_splits(config: TextSourceConfig, seed: int) -> dict[str, pa.Table]:
+    """One source of preference rows (pairs, TRL's format or rated responses), split by prompt
+    (seeded) into checked text tables."""
+    if config.format == "rated":
+        bad = BadRows(config.source)
+        columns = config.columns
+        records = load_records(config.source, config.split)
+        try:
+            prompts = rated_table_prompts(
+                records, columns.prompt, columns.response, config.attributes, bad
+            )
+        except KeyError as e:
+            raise PreferenceDataError(
+                f"{config.source}: no column {e.args[0]!r} (data.records.columns and "
+                "data.records.attributes name the source's columns)"
+            ) from None
+        rows = rated_pairs(prompts, config.attributes, config.margin, config.conflicting_only, bad)
+        bad.check(config.max_bad_fraction)
+    else:
+        rows = load_text_pairs(config)
+    if not rows:
+        raise PreferenceDataError(f"{config.source}: no preference pairs in it")
+    splits = split_by_prompt(rows, config.split_fractions, seed)
+    tables = {split: text_table(rows) for split, rows in splits.items()}
+    names = {split: f"{config.source} ({split} split)" for split in tables}
+    return check_text_splits(tables, config.source, names)
 
 
 DATA_SOURCES.register("synthetic")(
@@ -73,7 +110,8 @@ DATA_SOURCES.register("records")(
         text=True,
         needs_path=True,
         description="preference rows in one .jsonl/.parquet file, saved dataset or hub name "
-        "(pairs, or TRL's prompt/chosen/rejected; data.records maps the columns), split by prompt",
+        "(pairs, TRL's prompt/chosen/rejected, or rated responses; data.records maps the "
+        "columns), split by prompt",
     )
 )
 DATA_SOURCES.register("steer")(

@@ -299,12 +299,3 @@ def read_text_splits(folder: str | Path) -> dict[str, pa.Table]:
             raise PreferenceDataError(f"{path}: missing column(s) {missing}")
         tables[split] = table.select(list(TEXT_COLUMNS))
     return check_text_splits(tables, str(folder), names)
-
-
-def records_splits(config: TextSourceConfig, seed: int) -> dict[str, pa.Table]:
-    """One source of preference rows, split by prompt (seeded) into checked text tables."""
-    rows = load_text_pairs(config)
-    splits = split_by_prompt(rows, config.split_fractions, seed)
-    tables = {split: text_table(rows) for split, rows in splits.items()}
-    names = {split: f"{config.source} ({split} split)" for split in tables}
-    return check_text_splits(tables, config.source, names)

@@ -1,20 +1,20 @@
 """The paper's UltraFeedback splits: users judging by different attributes, conflicting pairs only.
 
-From `openbmb/UltraFeedback` (hub or local files): for every prompt, all pairs of its
-completions; for each attribute (HH: helpfulness, honesty; HHT: + truthfulness) the user of that
-type prefers the completion with the higher fine-grained rating. A pair is kept only when every
-attribute has a strict preference (ties dropped) and the attributes do not all agree: on the kept
-pairs a context-blind model cannot beat ~50% averaged over types. Split 80/10/10 by prompt.
+From `openbmb/UltraFeedback` (hub or local files), read into the rated-responses recipe
+(`rated.py`): for every prompt, all pairs of its completions; for each attribute (HH:
+helpfulness, honesty; HHT: + truthfulness) the user of that type prefers the completion with the
+higher fine-grained rating. A pair is kept only when every attribute has a strict preference
+(ties dropped) and the attributes do not all agree. Split 80/10/10 by prompt.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from npalign.data.text import BadRows, pair_id_of, split_by_prompt, text_id, write_text_pairs
+from npalign.data.rated import RatedPrompt, rated_pairs
+from npalign.data.text import BadRows, split_by_prompt, write_text_pairs
 
 ATTRIBUTES = {
     "hh": ("helpfulness", "honesty"),
@@ -31,12 +31,10 @@ def _rating(completion: dict[str, Any], attribute: str) -> int | None:
     return int(value)
 
 
-def conflicting_pairs(
+def rated_prompts(
     records: Iterable[dict[str, Any]], attributes: tuple[str, ...], bad: BadRows
-) -> list[dict[str, Any]]:
-    """One output row per (kept pair, attribute user)."""
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
+) -> Iterator[RatedPrompt]:
+    """UltraFeedback rows (an instruction and its rated completions) as rated prompts."""
     for row_number, record in enumerate(records):
         bad.total += 1
         prompt = (record.get("instruction") or "").strip()
@@ -57,38 +55,16 @@ def conflicting_pairs(
         if any(not RATING_RANGE[0] <= r <= RATING_RANGE[1] for r in flat):
             bad.skip(row_number, f"rating outside {RATING_RANGE[0]}–{RATING_RANGE[1]}")
             continue
-        prompt_id = text_id(prompt)
-        duplicated = False
-        for i, j in itertools.combinations(range(len(completions)), 2):
-            if not texts[i] or not texts[j] or texts[i] == texts[j]:
-                continue
-            r_i, r_j = ratings[i], ratings[j]
-            if None in r_i or None in r_j or any(a == b for a, b in zip(r_i, r_j, strict=True)):
-                continue  # an attribute without a strict preference: a tie, dropped
-            choices = [int(b > a) for a, b in zip(r_i, r_j, strict=True)]  # 1: j preferred
-            if len(set(choices)) == 1:
-                continue  # every attribute agrees: not a conflicting pair
-            pair_id = pair_id_of(prompt, texts[i], texts[j])
-            if pair_id in seen:
-                duplicated = True
-                continue
-            seen.add(pair_id)
-            for attribute, choice in zip(attributes, choices, strict=True):
-                rows.append(
-                    {
-                        "pair_id": pair_id,
-                        "prompt_id": prompt_id,
-                        "prompt": prompt,
-                        "response_a": texts[i],
-                        "response_b": texts[j],
-                        "user": attribute,
-                        "user_type": attribute,
-                        "choice": choice,
-                    }
-                )
-        if duplicated:
-            bad.skip(row_number, "pair already seen in an earlier row")
-    return rows
+        yield RatedPrompt(row_number, prompt, texts, ratings)
+
+
+def conflicting_pairs(
+    records: Iterable[dict[str, Any]], attributes: tuple[str, ...], bad: BadRows
+) -> list[dict[str, Any]]:
+    """One output row per (kept pair, attribute user): the rated-responses recipe with strict
+    preferences (margin 0) on conflicting pairs only."""
+    prompts = rated_prompts(records, attributes, bad)
+    return rated_pairs(prompts, list(attributes), margin=0.0, conflicting_only=True, bad=bad)
 
 
 def build_ultrafeedback(

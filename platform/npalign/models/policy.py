@@ -356,13 +356,17 @@ def save_policy(
     state_dict: dict[str, torch.Tensor],
 ) -> None:
     """Adapters, FiLM and context encoder together (the trained part; the base comes from
-    `config.base`), plus what is needed to rebuild the network and embed contexts."""
+    `config.base`), plus what is needed to rebuild the network and embed contexts. The folder
+    is self-contained: the encoder's trained weights are in it, so the NP-BTL run that
+    initialised them is named (`initialised_from`) but never read again."""
     from safetensors.torch import save_file
 
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
+    rebuilt = config.model_copy(update={"encoder_init": None, "encoder_job": None})
     spec = {
-        "policy": config.model_dump(mode="json"),
+        "policy": rebuilt.model_dump(mode="json"),
+        "initialised_from": config.encoder_init,
         "embed": embed.model_dump(mode="json"),
         "feature_dim": feature_dim,
         "use_latent": use_latent,
@@ -376,7 +380,8 @@ def load_policy(folder: Path) -> PolicyCheckpoint:
     from safetensors.torch import load_file
 
     spec = json.loads((folder / SPEC_FILE).read_text())
-    config = PolicyConfig.model_validate(spec["policy"])
+    # The trained encoder is in the weights: an initialising NP-BTL run is not needed (nor read).
+    config = PolicyConfig.model_validate(spec["policy"]).model_copy(update={"encoder_init": None})
     policy, tokenizer = build_policy(config, spec["feature_dim"], spec["use_latent"])
     state = load_file(str(folder / WEIGHTS_FILE))
     expected = trainable_state(policy)

@@ -131,9 +131,17 @@ def limit_reference(job, test: PairTable) -> dict[str, list[float]]:
 def fit_and_evaluate(job, recipe: Recipe, model: str, splits: Splits, files, folder: Path, name):
     """One fit of `model`, then its evaluation (on `eval.split`) with checkpoint and train
     metrics."""
+    from npalign.train.loop import kept  # DeepSpeed and Ray Train load only when a fit runs
+
     fit = recipe.fit(job, model, splits, files, folder / "checkpoints", name)
-    result = recipe.evaluate(job, Path(fit.checkpoint.path), splits, job.eval.split, job.eval)
-    return {**result, "checkpoint": fit.checkpoint.path, "train_metrics": fit.metrics}
+    checkpoint, metrics = kept(fit, job.train)
+    result = recipe.evaluate(job, Path(checkpoint.path), splits, job.eval.split, job.eval)
+    return {
+        **result,
+        "checkpoint": checkpoint.path,
+        "train_metrics": metrics,  # the kept epoch's
+        "last_epoch_metrics": fit.metrics,
+    }
 
 
 def oracle_result(job, per_type: dict[str, dict]) -> dict:

@@ -6,7 +6,7 @@ the raw text), shared by every replica and kept across restarts. Every store pro
   version a replica may still hold a cached z for;
 - a user keeps their latest `max_choices` choices;
 - a post carrying a request id already seen for that user changes nothing (a client retrying
-  after a lost reply);
+  after a lost reply); a user's latest `REQUEST_IDS_KEPT` ids are remembered;
 - `delete` either removes everything of the user or raises `EraseIncomplete`.
 
 `open_store(url)` picks the backend by the URL's scheme from `USER_STORES`: a plain path (or
@@ -22,6 +22,8 @@ from typing import Protocol
 import numpy as np
 
 from npalign.registry import USER_STORES
+
+REQUEST_IDS_KEPT = 1000  # per user: a retry comes soon after its post, and storage stays bounded
 
 
 @dataclass

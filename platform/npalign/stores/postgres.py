@@ -17,7 +17,14 @@ import time
 import numpy as np
 
 from npalign.registry import USER_STORES
-from npalign.stores.base import UserState, check_dimension, checked_choices, existing, stacked
+from npalign.stores.base import (
+    REQUEST_IDS_KEPT,
+    UserState,
+    check_dimension,
+    checked_choices,
+    existing,
+    stacked,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS npalign_users (
@@ -27,7 +34,8 @@ CREATE TABLE IF NOT EXISTS npalign_choices (
     user_id TEXT NOT NULL, seq BIGINT NOT NULL, chosen BYTEA NOT NULL, rejected BYTEA NOT NULL,
     PRIMARY KEY (user_id, seq));
 CREATE TABLE IF NOT EXISTS npalign_requests (
-    user_id TEXT NOT NULL, request_id TEXT NOT NULL, PRIMARY KEY (user_id, request_id));
+    user_id TEXT NOT NULL, request_id TEXT NOT NULL, number BIGSERIAL,
+    PRIMARY KEY (user_id, request_id));
 CREATE SEQUENCE IF NOT EXISTS npalign_versions;
 """
 SCHEMA_LOCK = 0x6E70616C  # replicas starting together create the tables one at a time
@@ -60,6 +68,18 @@ class PostgresUserStore:
             self._local.db = db
         return db
 
+    def _again_after_a_drop(self, call, *args):
+        """`call(db, *args)`, once more on a new connection if the server dropped this thread's
+        (a restart): only for calls that are safe to repeat."""
+        import psycopg
+
+        try:
+            return call(self._connection(), *args)
+        except psycopg.OperationalError:
+            if not self._local.db.broken:
+                raise
+            return call(self._connection(), *args)
+
     def add_choices(
         self,
         user_id: str,
@@ -68,21 +88,34 @@ class PostgresUserStore:
         request_id: str | None = None,
     ) -> UserState:
         chosen, rejected = checked_choices(chosen, rejected)
-        db = self._connection()
+        if request_id is None:  # a repeat could add the choices twice
+            self._add(self._connection(), user_id, chosen, rejected, None)
+        else:
+            self._again_after_a_drop(self._add, user_id, chosen, rejected, request_id)
+        return existing(self, user_id)
+
+    def _add(self, db, user_id, chosen, rejected, request_id: str | None) -> None:
         with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (user_id,))
             if request_id is None or self._first_time(db, user_id, request_id):
                 self._append(db, user_id, chosen, rejected)
-        return existing(self, user_id)
 
     @staticmethod
     def _first_time(db, user_id: str, request_id: str) -> bool:
         """Records the request id; False if it was recorded before (a retried post)."""
         inserted = db.execute(
-            "INSERT INTO npalign_requests VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            "INSERT INTO npalign_requests (user_id, request_id) VALUES (%s, %s) "
+            "ON CONFLICT DO NOTHING",
             (user_id, request_id),
         )
-        return inserted.rowcount == 1
+        if inserted.rowcount == 0:
+            return False
+        db.execute(
+            "DELETE FROM npalign_requests WHERE user_id = %s AND number NOT IN (SELECT number "
+            "FROM npalign_requests WHERE user_id = %s ORDER BY number DESC LIMIT %s)",
+            (user_id, user_id, REQUEST_IDS_KEPT),
+        )
+        return True
 
     def _append(self, db, user_id: str, chosen: np.ndarray, rejected: np.ndarray) -> None:
         row = db.execute("SELECT dim FROM npalign_users WHERE user_id = %s", (user_id,)).fetchone()
@@ -113,7 +146,9 @@ class PostgresUserStore:
         )
 
     def get(self, user_id: str) -> UserState | None:
-        db = self._connection()
+        return self._again_after_a_drop(self._get, user_id)
+
+    def _get(self, db, user_id: str) -> UserState | None:
         # One snapshot for both reads: the user row and their choices agree.
         with db.transaction():
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -132,7 +167,10 @@ class PostgresUserStore:
 
     def delete(self, user_id: str) -> bool:
         """True if the user existed; every row of theirs is gone at the commit."""
-        db = self._connection()
+        return self._again_after_a_drop(self._delete, user_id)
+
+    @staticmethod
+    def _delete(db, user_id: str) -> bool:
         with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (user_id,))
             db.execute("DELETE FROM npalign_choices WHERE user_id = %s", (user_id,))

@@ -15,6 +15,7 @@ import numpy as np
 
 from npalign.registry import USER_STORES
 from npalign.stores.base import (
+    REQUEST_IDS_KEPT,
     EraseIncomplete,
     UserState,
     check_dimension,
@@ -98,6 +99,11 @@ class SQLiteUserStore:
             )
             if request_id is not None:
                 db.execute("INSERT INTO requests VALUES (?, ?)", (user_id, request_id))
+                db.execute(  # rowids grow with each insert: the oldest ids go first
+                    "DELETE FROM requests WHERE user_id = ? AND rowid NOT IN (SELECT rowid FROM "
+                    "requests WHERE user_id = ? ORDER BY rowid DESC LIMIT ?)",
+                    (user_id, user_id, REQUEST_IDS_KEPT),
+                )
             db.execute("UPDATE counter SET value = value + 1")
             version = db.execute("SELECT value FROM counter").fetchone()[0]
             if row:
@@ -121,6 +127,7 @@ class SQLiteUserStore:
     def get(self, user_id: str) -> UserState | None:
         db = self._connect()
         try:
+            db.execute("BEGIN")  # one snapshot for both reads: the user row and their choices
             user = db.execute(
                 "SELECT dim, version, updated FROM users WHERE user_id = ?", (user_id,)
             ).fetchone()
@@ -130,7 +137,7 @@ class SQLiteUserStore:
                 "SELECT chosen, rejected FROM choices WHERE user_id = ? ORDER BY seq", (user_id,)
             ).fetchall()
         finally:
-            db.close()
+            db.close()  # ends the read transaction
         dim, version, updated = user
         chosen, rejected = stacked([r[0] for r in rows], dim), stacked([r[1] for r in rows], dim)
         return UserState(user_id, chosen, rejected, updated, version)

@@ -57,11 +57,33 @@ class Task(Protocol):
     def save(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None: ...
 
 
-def cosine_schedule(total_steps: int):
+SELECTION_METRIC = "val_nll"  # lower is better; both tasks report it
+
+
+def cosine_schedule(total_steps: int, warmup_steps: int = 0):
+    """Learning-rate factor: linear from 1/warmup to 1 over `warmup_steps`, then cosine decay
+    to 0 at `total_steps`."""
+
     def factor(step: int) -> float:
-        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        done = (min(step, total_steps) - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * done))
 
     return factor
+
+
+def epochs_without_improvement(history: list[float]) -> int:
+    """Epochs since the lowest value of `history` (0 when the last is the lowest)."""
+    return len(history) - 1 - min(range(len(history)), key=history.__getitem__)
+
+
+def kept(result: ray.train.Result, config: TrainConfig) -> tuple[ray.train.Checkpoint, dict]:
+    """The checkpoint a fit hands on and its epoch's metrics: the epoch with the lowest val_nll
+    (Ray keeps the best ones), or the last (`train.keep`)."""
+    if config.keep == "best" and result.best_checkpoints:
+        return min(result.best_checkpoints, key=lambda kept: kept[1][SELECTION_METRIC])
+    return result.checkpoint, result.metrics
 
 
 def flush_denormals(device: torch.device) -> bool:
@@ -75,14 +97,16 @@ def flush_denormals(device: torch.device) -> bool:
 
 def build_engine(task: Task, config: TrainConfig, total_steps: int, world: int):
     """(DeepSpeed engine, lr scheduler) for the task's model: torch AdamW over the task's
-    parameter groups, cosine decay over `total_steps`. deepspeed.initialize reuses the process
-    group already set up (by Ray Train: gloo on CPU, nccl on GPU)."""
+    parameter groups, warm-up then cosine decay over `total_steps`. deepspeed.initialize reuses
+    the process group already set up (by Ray Train: gloo on CPU, nccl on GPU)."""
     torch.manual_seed(config.seed)
     model = task.build_model()
     optimizer = torch.optim.AdamW(
         task.param_groups(model, config.lr), lr=config.lr, weight_decay=config.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_schedule(total_steps, config.warmup_steps)
+    )
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -145,12 +169,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     engine, scheduler = build_engine(task, config, steps_per_epoch * config.epochs, world)
 
-    start_epoch, step = 1, 0
+    start_epoch, step, val_history = 1, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             _, state = engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
         start_epoch, step = state["epoch"] + 1, state["step"]
+        val_history = state.get("val_history", [])
         if rank == 0:
             log.info("resumed from %s at epoch %d, step %d", checkpoint.path, state["epoch"], step)
 
@@ -204,14 +229,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "lr": scheduler.get_last_lr()[0],
             **_validate(engine, task, val_shard, micro_batch, step, device, dtype),
         }
+        val_history.append(metrics[SELECTION_METRIC])
+        metrics["epochs_without_improvement"] = epochs_without_improvement(val_history)
         if rank == 0:
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
 
         with tempfile.TemporaryDirectory() as folder:
             # Every rank writes its own ZeRO shard; Ray merges the ranks' folders into one.
-            engine.save_checkpoint(
-                folder, tag=DEEPSPEED_TAG, client_state={"epoch": epoch, "step": step}
-            )
+            client_state = {"epoch": epoch, "step": step, "val_history": val_history}
+            engine.save_checkpoint(folder, tag=DEEPSPEED_TAG, client_state=client_state)
             weights = trained_state_dict(engine)
             if rank == 0:
                 task.save(Path(folder), weights)
@@ -221,6 +247,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         if config.fail_after_epoch == epoch and checkpoint is None:
             raise RuntimeError(f"failure drill: train.fail_after_epoch={epoch}")
+        # Every rank has the same (all-reduced) validation metrics, so all stop together.
+        if config.patience and metrics["epochs_without_improvement"] >= config.patience:
+            if rank == 0:
+                log.info("stopping early: val_nll has not fallen for %d epochs", config.patience)
+            break
 
 
 def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
@@ -260,7 +291,12 @@ def fit_task(
             name=name,
             storage_path=str(storage.resolve()),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # The two best epochs' by val_nll and (always kept by Ray, to resume from) the latest.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=SELECTION_METRIC,
+                checkpoint_score_order="min",
+            ),
             callbacks=callbacks,
         ),
         datasets={
