@@ -88,6 +88,14 @@ def data_config(source: str, tmp_path) -> DataConfig:
     common = {"max_context": 5, "num_targets": 4, "train_episodes": 400, "val_episodes": 100}
     if source == "synthetic":
         return DataConfig(source=source, synthetic={"num_pairs": 400}, **common)
+    if source == "parquet":  # feature tables a user wrote: here the synthetic task's
+        from npalign.config import SyntheticConfig
+        from npalign.data.preferences import write_pairs
+        from npalign.data.synthetic import make_synthetic
+
+        for split, pairs in make_synthetic(SyntheticConfig(num_pairs=400)).items():
+            write_pairs(pairs, tmp_path / f"{split}.parquet")
+        return DataConfig(source=source, path=str(tmp_path), **common)
     if source == "steer":
         return DataConfig(source=source, steer=SMALL_STEER, **common)
     rows = steer_rows()
@@ -135,7 +143,9 @@ def sampled_pairs(split) -> PairTable:
     )
 
 
-@pytest.mark.parametrize("source", ["synthetic", "steer", "text", "records", "records (rated)"])
+@pytest.mark.parametrize(
+    "source", ["synthetic", "parquet", "steer", "text", "records", "records (rated)"]
+)
 def test_no_target_of_an_episode_is_in_its_context_by_content(source, tmp_path):
     data = data_config(source, tmp_path)
     splits = DATA_SOURCES[data.source].load(data)

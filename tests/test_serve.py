@@ -81,6 +81,7 @@ def endpoint(ray_cluster, tmp_path_factory):
         max_ongoing_requests=8,
         max_queued_requests=8,
         max_body_bytes=100_000,
+        request_timeout_s=90,
     )
     with running_endpoint(settings) as url:
         yield url, settings
@@ -281,3 +282,10 @@ def test_a_flood_past_capacity_gets_503_with_retry_after_and_good_requests_still
     assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= 8, codes
     assert all(r.headers.get("Retry-After") == "1" for r in replies if r.status_code == 503)
     assert post(url, "/generate", body).status_code == 200  # and it recovers at once
+
+
+def test_the_request_timeout_reaches_serve(endpoint):
+    from ray.serve.context import _get_global_client
+
+    _, settings = endpoint
+    assert _get_global_client().http_config.request_timeout_s == settings.request_timeout_s
