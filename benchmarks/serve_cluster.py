@@ -39,6 +39,7 @@ import requests
 
 from npalign.config import ServeConfig
 from npalign.files import write_json
+from npalign.serving import live_replicas
 
 log = logging.getLogger("serve_cluster")
 RAY = str(Path(sys.executable).parent / "ray")
@@ -77,18 +78,6 @@ def wait_for_nodes(count: int, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"fewer than {count} Ray nodes after {timeout} s")
         time.sleep(1)
-
-
-def replicas() -> dict[str, dict]:
-    """App → its live replica (node id, pid)."""
-    from ray.util.state import list_actors
-
-    live = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
-    return {
-        a.class_name.split(":")[1]: {"node": a.node_id, "pid": a.pid}
-        for a in live
-        if a.class_name.endswith(":SteerableEndpoint")
-    }
 
 
 def embeddings(rng: np.random.Generator, pairs: int) -> dict:
@@ -154,7 +143,7 @@ def killed_replica(urls: dict[str, str], store: str, clients: int, posts: int) -
             else:
                 raise RuntimeError(f"client {c}: post {i} never succeeded")
 
-    victim = replicas()["node-b"]["pid"]
+    victim = live_replicas()["node-b"]["pid"]
     with ThreadPoolExecutor(clients) as pool:
         futures = [pool.submit(client, c) for c in range(clients)]
         quarter.wait(timeout=300)
@@ -175,7 +164,7 @@ def killed_replica(urls: dict[str, str], store: str, clients: int, posts: int) -
         "retried_posts": sum(retries),
         "lost": lost,
         "duplicated": duplicated,
-        "replica_b_restarted": replicas().get("node-b", {}).get("pid") not in (None, victim),
+        "replica_b_restarted": live_replicas().get("node-b", {}).get("pid") not in (None, victim),
     }
 
 
@@ -242,7 +231,7 @@ def main() -> None:
                     default_new_tokens=4,
                 )
                 serve.run(build_app(config), name=f"node-{app}", route_prefix=f"/{app}")
-            placed = replicas()
+            placed = live_replicas()
             urls = {app: f"http://127.0.0.1:{args.port}/{app}" for app in NODES}
             log.info("replicas: %s", placed)
             shared = shared_state(urls, args.users)

@@ -270,15 +270,6 @@ def autoscaling_run(url: str, users: list[str], seconds: float, new_tokens: int)
     }
 
 
-def replica(app: str = "npalign") -> dict:
-    """The app's one live replica: its pid and how often Ray restarted it."""
-    from ray.util.state import list_actors
-
-    live = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
-    (actor,) = [a for a in live if a.class_name == f"ServeReplica:{app}:SteerableEndpoint"]
-    return {"pid": actor.pid, "restarts": actor.num_restarts}
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of a process (Linux /proc), MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -290,7 +281,9 @@ def rss_mb(pid: int) -> float:
 def flood(url: str, users: list[str], clients: int, seconds: float, new_tokens: int) -> dict:
     """`clients` threads sending /generate back to back for `seconds`, the replica's resident
     memory sampled every 0.2 s."""
-    before = replica()
+    from npalign.serving import live_replicas
+
+    before = live_replicas()["npalign"]
     stop = threading.Event()
     statuses: list[int] = []
     retry_after: list[str | None] = []
@@ -320,7 +313,7 @@ def flood(url: str, users: list[str], clients: int, seconds: float, new_tokens: 
         stop.set()
         for future in futures:
             future.result()
-    after = replica()
+    after = live_replicas()["npalign"]
     return {
         "clients": clients,
         "seconds": seconds,

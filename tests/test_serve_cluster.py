@@ -58,20 +58,10 @@ def two_replicas(ray_nodes, postgres_databases, tmp_path_factory):
     ray_nodes.remove_node(second)
 
 
-def replicas() -> dict[str, dict]:
-    """App name → its live replica's actor (node id, pid)."""
-    from ray.util.state import list_actors
-
-    live = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
-    return {
-        a.class_name.split(":")[1]: {"node": a.node_id, "pid": a.pid}
-        for a in live
-        if a.class_name.endswith(":SteerableEndpoint")
-    }
-
-
 def test_the_two_replicas_run_on_two_nodes(two_replicas):
-    placed = replicas()
+    from npalign.serving import live_replicas
+
+    placed = live_replicas()
     assert set(placed) == {"node-a", "node-b"}
     assert placed["node-a"]["node"] != placed["node-b"]["node"]
 
@@ -104,6 +94,7 @@ def test_a_replica_killed_during_posts_loses_and_duplicates_no_choice(two_replic
     failed post through a; b is SIGKILLed once 50 are answered. Afterwards the store holds each
     of the 200 exactly once. (Serve may hold the posts that reach b while it restarts, so a
     retry is not certain to happen.)"""
+    from npalign.serving import live_replicas
     from npalign.stores.base import open_store
 
     a, b = two_replicas["a"], two_replicas["b"]
@@ -127,7 +118,7 @@ def test_a_replica_killed_during_posts_loses_and_duplicates_no_choice(two_replic
             if len(answered) == posts // 4:
                 quarter.set()
 
-    victim = replicas()["node-b"]["pid"]
+    victim = live_replicas()["node-b"]["pid"]
     client = threading.Thread(target=post_all)
     client.start()
     assert quarter.wait(timeout=120)

@@ -423,6 +423,19 @@ def build_app(config: ServeConfig):
     ).bind(config.model_dump(mode="json"))
 
 
+def live_replicas() -> dict[str, dict]:
+    """Serve app name → its live endpoint replica: node id, pid, and how often Ray restarted
+    it (one replica per app; for tests, benchmarks and operators pinning replicas)."""
+    from ray.util.state import list_actors
+
+    live = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+    return {
+        a.class_name.split(":")[1]: {"node": a.node_id, "pid": a.pid, "restarts": a.num_restarts}
+        for a in live
+        if a.class_name.endswith(":SteerableEndpoint")
+    }
+
+
 @contextlib.contextmanager
 def running_endpoint(config: ServeConfig, name: str = "npalign") -> Iterator[str]:
     """Serve the app on config.host:config.port for the duration of the block; yields its URL.

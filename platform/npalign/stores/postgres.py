@@ -76,7 +76,8 @@ class PostgresUserStore:
         try:
             return call(self._connection(), *args)
         except psycopg.OperationalError:
-            if not self._local.db.broken:
+            dropped = getattr(self._local, "db", None)
+            if dropped is None or not dropped.broken:  # not a dropped connection: no retry
                 raise
             return call(self._connection(), *args)
 
