@@ -1,4 +1,5 @@
-"""The embedding pipeline: pooling, Ray Data actor pool, the hash-keyed cache."""
+"""The embedding pipeline: the model's own sentence-transformers pipeline or pooling, Ray Data
+actor pool, the hash-keyed cache."""
 
 import numpy as np
 import pyarrow as pa
@@ -33,10 +34,33 @@ def test_mean_pooling_is_the_masked_mean_of_hidden_states(minilm):
     np.testing.assert_allclose(minilm.embed(["The cat sat."])[0], hidden.mean(0), atol=1e-5)
 
 
+def test_minilm_embeds_as_a_client_calling_sentence_transformers_does():
+    """The README's client recipe (its own SentenceTransformer, the same text) gives the features
+    the models were trained on: normalised, equal to the training encoder's."""
+    from sentence_transformers import SentenceTransformer
+
+    from npalign.data.embed import embed_text
+    from npalign.pretrained import model_path
+
+    prompt, responses = "Any news?", ["Rain.", "Heavy rain fell across the state today. " * 60]
+    ours = TextEncoder("minilm", "sentence-transformers", 512).embed(
+        [embed_text(prompt, r, include_prompt=True) for r in responses]
+    )
+    client = SentenceTransformer(model_path("minilm"), device="cpu")
+    theirs = client.encode([f"{prompt}\n\n{r}" for r in responses])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)  # the long text is cut at 256 tokens
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_plain_folder_is_not_taken_for_a_sentence_transformers_model(tmp_path):
+    with pytest.raises(ValueError, match="no modules.json.*pooling"):
+        TextEncoder(str(tmp_path), "sentence-transformers", 512)
+
+
 def test_cache_folder_depends_on_the_encoder_setting(tmp_path):
     base = EmbedConfig(cache_dir=str(tmp_path))
     assert cache_folder(base) == cache_folder(base.model_copy(update={"actors": 2}))
-    assert cache_folder(base) != cache_folder(base.model_copy(update={"pooling": "last"}))
+    assert cache_folder(base) != cache_folder(base.model_copy(update={"pooling": "mean"}))
     assert cache_folder(base) != cache_folder(base.model_copy(update={"include_prompt": False}))
 
 
@@ -51,7 +75,7 @@ def test_ray_data_job_embeds_only_what_is_not_cached(ray_cluster, tmp_path):
     assert (stats.embedded, stats.cached) == (1, 5)
     for key in texts:
         np.testing.assert_array_equal(again[key], first[key])
-    expected = TextEncoder("minilm", "mean", 512).embed([texts["k3"]])[0]
+    expected = TextEncoder("minilm", "sentence-transformers", 512).embed([texts["k3"]])[0]
     np.testing.assert_allclose(first["k3"], expected, atol=1e-4)
 
     table = pa.Table.from_pylist(

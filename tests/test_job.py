@@ -79,8 +79,23 @@ def test_nan_features(tmp_path, capsys):
 def test_context_larger_than_a_users_pairs(tmp_path, capsys):
     data = tmp_path / "data"
     write_splits(data, rows=40)  # 20 pairs per user
-    code, out = run(tmp_path, "data.source=parquet", f"data.path={data}", "data.max_context=10")
+    code, out = run(
+        tmp_path,
+        "data.source=parquet",
+        f"data.path={data}",
+        "data.max_context=10",
+        "data.min_val_pairs=40",
+    )
     assert_failed_cleanly(code, out, capsys, "user 'u0' has 20 pairs", "max_context (10)")
+
+
+def test_a_validation_split_too_small_to_choose_on(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_splits(data, rows=40)
+    code, out = run(tmp_path, "data.source=parquet", f"data.path={data}")
+    assert_failed_cleanly(
+        code, out, capsys, f"parquet ({data})", "val split has 40 labelled pairs", "min_val_pairs"
+    )
 
 
 def test_text_prompt_in_two_splits(tmp_path, capsys):

@@ -92,3 +92,18 @@ def test_save_and_strict_load(tmp_path):
     save_reward_model(tmp_path, "npbtl", config, 1, state)
     with pytest.raises(RuntimeError, match="Missing key"):
         load_reward_model(tmp_path)
+
+
+def test_dropout_acts_in_training_only_and_keeps_the_checkpoint_keys():
+    batch = batch_of(dim=3)
+    torch.manual_seed(0)
+    model = NPBTL(3, ModelConfig(hidden_dim=32, latent_dim=4, dropout=0.5))
+    plain = NPBTL(3, ModelConfig(hidden_dim=32, latent_dim=4))
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    model.train()
+    assert not torch.allclose(model(batch).log_prob_b, model(batch).log_prob_b)
+    model.eval()
+    assert torch.equal(model(batch).log_prob_b, model(batch).log_prob_b)
+    plain.load_state_dict(model.state_dict())  # the same weights without dropout: same outputs
+    plain.eval()
+    assert torch.equal(plain(batch).log_prob_b, model(batch).log_prob_b)

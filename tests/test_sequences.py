@@ -2,6 +2,8 @@
 token: the chat template, truncation, chosen before rejected by the user's choice, left padding,
 the attention and response masks, and sequence log-probs equal to sums written out by hand."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -27,7 +29,7 @@ def word_tokenizer():
         tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>"
     )
     tokenizer.chat_template = (
-        "{% for m in messages %}<bos> user {{ m['content'] }} <eos> {% endfor %}"
+        "{% for m in messages %}<bos> {{ m['role'] }} {{ m['content'] }} <eos> {% endfor %}"
         "{% if add_generation_prompt %}assistant{% endif %}"
     )
     return tokenizer
@@ -61,6 +63,21 @@ def test_prompts_go_through_the_chat_template_and_responses_end_with_eos():
     assert tokens.response_b[0].tolist() == ids("a big fire. today. <eos>")
     assert tokens.response_a[1].tolist() == ids("rain. fell today. <eos>")
     assert tokens.pad_id == PAD
+
+
+def test_a_multi_turn_prompt_is_templated_turn_by_turn():
+    turns = [
+        {"role": "user", "content": "what happened"},
+        {"role": "assistant", "content": "a big fire."},
+        {"role": "user", "content": "rain"},
+    ]
+    table = text_table(ROWS).append_column("prompt_messages", pa.array([json.dumps(turns), None]))
+    tokens = tokenize_pairs(table, word_tokenizer(), 32, 16)
+    assert tokens.prompt[0].tolist() == ids(
+        "<bos> user what happened <eos> <bos> assistant a big fire. <eos> <bos> user rain <eos> "
+        "assistant"
+    )
+    assert tokens.prompt[1].tolist() == ids("<bos> user rain <eos> assistant")
 
 
 def test_truncation_keeps_the_prompts_end_and_the_responses_start():

@@ -214,6 +214,49 @@ def test_trl_conversations_without_a_prompt_column(tmp_path):
     }
 
 
+def test_a_multi_turn_prompt_keeps_its_turns_and_a_bad_conversation_is_named(tmp_path):
+    turns = [
+        {"role": "user", "content": "Any news?"},
+        {"role": "assistant", "content": "Some."},
+        {"role": "user", "content": "Tell me."},
+    ]
+    row = {
+        "chosen": [*turns, {"role": "assistant", "content": "Rain."}],
+        "rejected": [*turns, {"role": "assistant", "content": "Heavy rain fell today."}],
+        "user": "u0",
+    }
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (out,) = load_text_pairs(TextSourceConfig(source=str(path), format="trl"))
+    assert json.loads(out["prompt_messages"]) == turns
+    assert out["prompt"] == "user: Any news?\nassistant: Some.\nuser: Tell me."  # for the embedder
+
+    for split in ("train", "val", "test"):
+        rows = records(3)
+        rows = [{**r, "prompt": f"{split} {r['q']}"} for r in rows]
+        write_text_pairs(
+            [
+                {
+                    "pair_id": f"{split}{i}",
+                    "prompt_id": r["prompt"],
+                    "prompt": r["prompt"],
+                    "response_a": r["first"],
+                    "response_b": r["second"],
+                    "user": r["rater"],
+                    "user_type": r["rater"],
+                    "choice": 1,
+                    "prompt_messages": '[{"role": "user"}]' if split == "val" and i == 2 else None,
+                }
+                for i, r in enumerate(rows)
+            ],
+            tmp_path / f"{split}.parquet",
+        )
+    with pytest.raises(
+        PreferenceDataError, match=re.escape("val.parquet: row 2, column 'prompt_messages'")
+    ):
+        read_text_splits(tmp_path)
+
+
 def test_the_records_source_reads_a_saved_dataset_dict_and_splits_by_prompt(tmp_path):
     import datasets
 
@@ -232,3 +275,18 @@ def test_the_records_source_reads_a_saved_dataset_dict_and_splits_by_prompt(tmp_
     prompts = {s: set(t.column("prompt").to_pylist()) for s, t in splits.items()}
     assert sum(len(p) for p in prompts.values()) == 11
     assert not prompts["train"] & prompts["test"] and all(prompts.values())
+
+
+def test_a_validation_split_too_small_to_choose_on_is_an_error_naming_the_file(tmp_path):
+    from npalign.config import DataConfig
+    from npalign.data.sources import source_splits
+
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for r in trl_rows() if isinstance(r["prompt"], str))
+    )
+    data = DataConfig(source="records", path=str(path), records={"format": "trl"})
+    with pytest.raises(PreferenceDataError, match=r"prefs.jsonl.*val split has \d+ labelled pairs"):
+        source_splits(data)
+    data = data.model_copy(update={"min_val_pairs": 1})
+    assert len(source_splits(data)["val"]) >= 1

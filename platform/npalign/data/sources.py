@@ -42,6 +42,22 @@ class DataSource:
     limit_label: str = "best possible"
 
 
+def source_splits(data: DataConfig) -> dict[str, pa.Table] | dict[str, PairTable]:
+    """The splits of the source `data.source` names, with a validation split big enough to
+    choose a checkpoint (and settings) on."""
+    splits = DATA_SOURCES[data.source].load(data)
+    rows = len(splits["val"])
+    if rows < data.min_val_pairs:
+        where = f"{data.source} ({data.path})" if data.path else data.source
+        raise PreferenceDataError(
+            f"{where}: the val split has {rows} labelled pairs, fewer than data.min_val_pairs = "
+            f"{data.min_val_pairs}: a checkpoint chosen on it would be chosen on noise (one pair "
+            f"moves its accuracy by {100 / max(rows, 1):.1f} points). Give it more data "
+            "(data.records.split_fractions for a single file) or lower data.min_val_pairs."
+        )
+    return splits
+
+
 def steer_splits(data: DataConfig) -> dict[str, pa.Table]:
     from npalign.data.steer import build_steer  # the corpus package is needed only here
 

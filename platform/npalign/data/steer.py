@@ -212,6 +212,24 @@ def steer_rows(config: SteerConfig) -> tuple[list[dict[str, Any]], dict[str, flo
     return rows, stats
 
 
+def rated_responses(config: SteerConfig) -> list[dict[str, Any]]:
+    """The task's candidate answers as a rated-responses table (`data.records.format: rated`):
+    one row per distinct (prompt, response), a score column per scorer (`length`, `formality`).
+    An offline stand-in for data that rates several responses per prompt."""
+    rng = np.random.default_rng(config.seed)
+    rows, seen = [], set()
+    for story in load_stories()[: config.stories]:
+        if len(story) < 3:
+            continue
+        prompt = config.prompt.replace("{lead}", story[0])
+        for response in responses(story, config.max_sentences, rng):
+            if (prompt, response) not in seen:
+                seen.add((prompt, response))
+                scores = {name: scorer(response) for name, scorer in SCORERS.items()}
+                rows.append({"prompt": prompt, "response": response, **scores})
+    return rows
+
+
 def steer_folder(config: SteerConfig) -> Path:
     key = text_id(json.dumps(config.model_dump(mode="json"), sort_keys=True), str(VERSION))
     return cache_dir("steer", key)

@@ -2,17 +2,20 @@
 
 Loaded from a HF `datasets` hub name (when online), a saved dataset folder, JSONL or parquet,
 with a mapping from the source's column names, as pairs (response_a, response_b, choice) or in
-TRL's format (chosen, rejected; plain strings or chat messages). A pair's id is a hash of the
-prompt and the two responses in either order, so a copy with the responses swapped is the same
-pair. Bad rows (missing or empty text, a choice that is not 0/1, two identical responses, a
-pair labelled twice by one user, one pair under two ids) are skipped and counted with their
-reason; more than `max_bad_fraction` of them is one clear error instead. Written as parquet,
-atomically.
+TRL's format (chosen, rejected; plain strings or chat messages). A prompt that is a conversation
+of several turns keeps them in `prompt_messages` (JSON), so a policy reads it through the chat
+template turn by turn; `prompt` holds it flattened for the embedder and the ids. A pair's id is
+a hash of the prompt and the two responses in either order, so a copy with the responses swapped
+is the same pair. Bad rows (missing or empty text, a choice that is not 0/1, two identical
+responses, a pair labelled twice by one user, one pair under two ids) are skipped and counted
+with their reason; more than `max_bad_fraction` of them is one clear error instead. Written as
+parquet, atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -40,6 +43,9 @@ TEXT_COLUMNS = (
     "user_type",
     "choice",
 )
+# Optional: a multi-turn prompt's conversation as JSON [{"role", "content"}, ...]; null when the
+# prompt is one user turn.
+PROMPT_MESSAGES = "prompt_messages"
 
 
 def text_id(*parts: str) -> str:
@@ -121,16 +127,24 @@ def message_text(value: Any) -> Any:
     return "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in value)
 
 
+def conversation(value: Any) -> str | None:
+    """A prompt of several chat turns as JSON [{"role", "content"}, ...] (what `prompt_tokens`
+    templates turn by turn); None for a plain text or a single turn."""
+    if message_text(value) is value or len(value) < 2:
+        return None
+    return json.dumps([{"role": m.get("role", "user"), "content": m["content"]} for m in value])
+
+
 def trl_texts(record: dict[str, Any], columns) -> tuple[Any, Any, Any]:
-    """(prompt, chosen, rejected) of a TRL preference row; without a prompt column the prompt
-    is the conversation before the last message of `chosen` (TRL's implicit prompt)."""
+    """(prompt, chosen, rejected) of a TRL preference row, each a text or chat messages; without
+    a prompt column the prompt is the conversation before the last message of `chosen` (TRL's
+    implicit prompt)."""
     chosen, rejected = record[columns.chosen], record[columns.rejected]
     if columns.prompt in record:
-        return message_text(record[columns.prompt]), message_text(chosen), message_text(rejected)
+        return record[columns.prompt], chosen, rejected
     if not isinstance(chosen, list) or not isinstance(rejected, list) or not chosen:
         raise KeyError(columns.prompt)
-    prompt = message_text(chosen[:-1]) if len(chosen) > 1 else None
-    return prompt, message_text(chosen[-1:]), message_text(rejected[-1:])
+    return (chosen[:-1] if len(chosen) > 1 else None), chosen[-1:], rejected[-1:]
 
 
 def record_texts(record: dict[str, Any], config: TextSourceConfig) -> tuple[dict[str, Any], Any]:
@@ -139,15 +153,24 @@ def record_texts(record: dict[str, Any], config: TextSourceConfig) -> tuple[dict
     was chosen and does not always point at the first."""
     columns = config.columns
     if config.format == "pairs":
-        texts = {f: record[getattr(columns, f)] for f in ("prompt", "response_a", "response_b")}
-        return {**texts, "user": record[columns.user]}, record[columns.choice]
+        prompt = record[columns.prompt]
+        texts = {
+            "prompt": message_text(prompt),
+            "response_a": message_text(record[columns.response_a]),
+            "response_b": message_text(record[columns.response_b]),
+            "user": record[columns.user],
+        }
+        return {**texts, PROMPT_MESSAGES: conversation(prompt)}, record[columns.choice]
     prompt, chosen, rejected = trl_texts(record, columns)
     user = record[columns.user]
+    messages = conversation(prompt)
+    prompt, chosen, rejected = map(message_text, (prompt, chosen, rejected))
     if not isinstance(chosen, str) or not isinstance(rejected, str):
-        return {"prompt": prompt, "response_a": chosen, "response_b": rejected, "user": user}, 0
+        texts = {"prompt": prompt, "response_a": chosen, "response_b": rejected, "user": user}
+        return {**texts, PROMPT_MESSAGES: messages}, 0
     first, second = sorted((chosen, rejected))
     texts = {"prompt": prompt, "response_a": first, "response_b": second, "user": user}
-    return texts, 0 if first == chosen else 1
+    return {**texts, PROMPT_MESSAGES: messages}, 0 if first == chosen else 1
 
 
 def load_text_pairs(config: TextSourceConfig) -> list[dict[str, Any]]:
@@ -166,7 +189,11 @@ def load_text_pairs(config: TextSourceConfig) -> list[dict[str, Any]]:
                 f"{config.source}: no column {e.args[0]!r} (data.records.columns maps the fields "
                 f"to the source's columns, format {config.format!r}; found {sorted(record)})"
             ) from None
-        empty = [f for f, t in texts.items() if not isinstance(t, str) or not t.strip()]
+        empty = [
+            f
+            for f, t in texts.items()
+            if f != PROMPT_MESSAGES and (not isinstance(t, str) or not t.strip())
+        ]
         if empty:
             bad.skip(row_number, f"missing or empty {empty[0]}")
             continue
@@ -253,14 +280,43 @@ def check_text_table(table: pa.Table, source: str) -> None:
                 f"{source}: rows {earlier} and {row} hold the same pair (prompt and responses, "
                 f"in either order) under two pair ids, {earlier_id!r} and {pair_id!r}"
             )
+    for row, value in enumerate(columns.get(PROMPT_MESSAGES, [])):
+        if value is not None and not valid_conversation(value):
+            raise PreferenceDataError(
+                f"{source}: row {row}, column {PROMPT_MESSAGES!r}: expected null or a JSON list "
+                'of two or more {"role": ..., "content": ...} messages with text'
+            )
     check_labels(columns["pair_id"], columns["user"], source)
 
 
-TEXT_SCHEMA = pa.schema([(c, pa.int8() if c == "choice" else pa.string()) for c in TEXT_COLUMNS])
+def valid_conversation(value: Any) -> bool:
+    try:
+        messages = json.loads(value)
+    except (TypeError, ValueError):
+        return False
+    return (
+        isinstance(messages, list)
+        and len(messages) >= 2
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            and m["content"].strip()
+            for m in messages
+        )
+    )
+
+
+TEXT_SCHEMA = pa.schema(
+    [(c, pa.int8() if c == "choice" else pa.string()) for c in (*TEXT_COLUMNS, PROMPT_MESSAGES)]
+)
 
 
 def text_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist([{c: r[c] for c in TEXT_COLUMNS} for r in rows], schema=TEXT_SCHEMA)
+    """Rows (a missing `prompt_messages` is null) as a table in the text preference format."""
+    return pa.Table.from_pylist(
+        [{c: r.get(c) for c in TEXT_SCHEMA.names} for r in rows], schema=TEXT_SCHEMA
+    )
 
 
 def check_text_splits(
@@ -297,5 +353,6 @@ def read_text_splits(folder: str | Path) -> dict[str, pa.Table]:
         missing = [c for c in TEXT_COLUMNS if c not in table.column_names]
         if missing:
             raise PreferenceDataError(f"{path}: missing column(s) {missing}")
-        tables[split] = table.select(list(TEXT_COLUMNS))
+        optional = [PROMPT_MESSAGES] if PROMPT_MESSAGES in table.column_names else []
+        tables[split] = table.select([*TEXT_COLUMNS, *optional])
     return check_text_splits(tables, str(folder), names)

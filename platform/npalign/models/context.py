@@ -15,15 +15,24 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:
-    """`layers` hidden layers of width hidden_dim with ReLU, then a linear output."""
+def mlp(
+    in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, dropout: float = 0.0
+) -> nn.Sequential:
+    """`layers` hidden layers of width hidden_dim with ReLU (and dropout after it, in training),
+    then a linear output."""
     modules: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers):
-        modules += [nn.Linear(dim, hidden_dim), nn.ReLU()]
+        modules += [nn.Linear(dim, hidden_dim), activation(dropout)]
         dim = hidden_dim
     modules.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*modules)
+
+
+def activation(dropout: float) -> nn.Module:
+    """ReLU, then dropout when asked: one module either way, so the linear layers keep their
+    indices and a checkpoint's keys do not depend on the dropout setting."""
+    return nn.Sequential(nn.ReLU(), nn.Dropout(dropout)) if dropout else nn.ReLU()
 
 
 @dataclass
@@ -55,17 +64,20 @@ class ContextEncoder(nn.Module):
         aggregation: str = "mean",
         variational: bool = False,
         num_heads: int = 4,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.variational = variational
-        self.pair_net = mlp(2 * feature_dim, hidden_dim, hidden_dim)
+        self.pair_net = mlp(2 * feature_dim, hidden_dim, hidden_dim, dropout=dropout)
         self.attention = (
             nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
             if aggregation == "attention"
             else None
         )
         self.empty = nn.Parameter(torch.zeros(hidden_dim))
-        self.to_latent = mlp(hidden_dim, hidden_dim, latent_dim * (2 if variational else 1), 1)
+        self.to_latent = mlp(
+            hidden_dim, hidden_dim, latent_dim * (2 if variational else 1), 1, dropout
+        )
 
     def forward(self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor) -> Latent:
         """chosen, rejected: (batch, m, dim); mask: (batch, m) bool, False on padding."""

@@ -314,7 +314,13 @@ def build_policy(config: PolicyConfig, feature_dim: int, use_latent: bool = True
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if config.num_layers:
         truncate_blocks(lm, config.num_layers)
-    encoder = ContextEncoder(feature_dim, config.hidden_dim, config.latent_dim, config.aggregation)
+    encoder = ContextEncoder(
+        feature_dim,
+        config.hidden_dim,
+        config.latent_dim,
+        config.aggregation,
+        dropout=config.encoder_dropout,
+    )
     if config.encoder_init:
         from npalign.models.reward import load_reward_model
 

@@ -39,7 +39,7 @@ class BTL(nn.Module):
     def __init__(self, feature_dim: int, config: ModelConfig):
         super().__init__()
         self.feature_dim = feature_dim
-        self.reward_net = mlp(feature_dim, config.hidden_dim, 1)
+        self.reward_net = mlp(feature_dim, config.hidden_dim, 1, dropout=config.dropout)
 
     def forward(self, batch: EpisodeBatch) -> PreferenceOutput:
         r_a = self.reward_net(batch.target_a).squeeze(-1)  # (batch, targets)
@@ -57,7 +57,7 @@ class DPL(nn.Module):
     def __init__(self, feature_dim: int, config: ModelConfig):
         super().__init__()
         self.feature_dim = feature_dim
-        self.reward_net = mlp(feature_dim, config.hidden_dim, 2)
+        self.reward_net = mlp(feature_dim, config.hidden_dim, 2, dropout=config.dropout)
 
     def forward(self, batch: EpisodeBatch) -> PreferenceOutput:
         mean_a, raw_a = self.reward_net(batch.target_a).unbind(-1)  # (batch, targets) each
@@ -84,9 +84,14 @@ class NPBTL(nn.Module):
             config.aggregation,
             self.variational,
             config.num_heads,
+            config.dropout,
         )
-        self.target_encoder = mlp(feature_dim, config.hidden_dim, config.hidden_dim, 1)
-        self.decoder = mlp(config.hidden_dim + config.latent_dim, config.hidden_dim, 1)
+        self.target_encoder = mlp(
+            feature_dim, config.hidden_dim, config.hidden_dim, 1, config.dropout
+        )
+        self.decoder = mlp(
+            config.hidden_dim + config.latent_dim, config.hidden_dim, 1, dropout=config.dropout
+        )
 
     def latent(self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor) -> Latent:
         """q(z | context) for a user's labelled pairs: (batch, m, dim) ×2, (batch, m)."""

@@ -131,7 +131,8 @@ def limit_reference(job, test: PairTable) -> dict[str, list[float]]:
 def fit_and_evaluate(job, recipe: Recipe, model: str, splits: Splits, files, folder: Path, name):
     """One fit of `model`, then its evaluation (on `eval.split`) with checkpoint and train
     metrics."""
-    from npalign.train.loop import kept  # DeepSpeed and Ray Train load only when a fit runs
+    # DeepSpeed and Ray Train load only when a fit runs.
+    from npalign.train.loop import kept, val_by_epoch
 
     fit = recipe.fit(job, model, splits, files, folder / "checkpoints", name)
     checkpoint, metrics = kept(fit, job.train)
@@ -141,16 +142,19 @@ def fit_and_evaluate(job, recipe: Recipe, model: str, splits: Splits, files, fol
         "checkpoint": checkpoint.path,
         "train_metrics": metrics,  # the kept epoch's
         "last_epoch_metrics": fit.metrics,
+        "val_nll_by_epoch": val_by_epoch(fit),
     }
 
 
 def oracle_result(job, per_type: dict[str, dict]) -> dict:
     """The oracle's result from each type's own (each scored on its type's episodes only)."""
-    out: dict = {"average": {}, "by_type": {}, "checkpoint": {}, "train_metrics": {}}
+    keys = ("average", "by_type", "checkpoint", "train_metrics", "val_nll_by_epoch")
+    out: dict = {key: {} for key in keys}
     for user_type, result in per_type.items():
         out["by_type"][user_type] = result["by_type"][user_type]
         out["checkpoint"][user_type] = result["checkpoint"]
         out["train_metrics"][user_type] = result.get("train_metrics")
+        out["val_nll_by_epoch"][user_type] = result.get("val_nll_by_epoch")
     for m in job.eval.context_sizes:
         out["average"][m] = combine_types([by_m[m] for by_m in out["by_type"].values()])
     return out

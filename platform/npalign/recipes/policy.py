@@ -23,10 +23,11 @@ from npalign.config import (
 )
 from npalign.data.embed import embed_pairs
 from npalign.data.sequences import tokenize_pairs
+from npalign.data.sources import source_splits
 from npalign.evaluation.policy import evaluate_policy
 from npalign.recipes.outline import Recipe, Run, Splits, run_recipe
 from npalign.recipes.reward import REWARD
-from npalign.registry import DATA_SOURCES, POLICY_MODELS
+from npalign.registry import POLICY_MODELS
 
 
 def load_splits(job: PolicyJobConfig) -> Splits:
@@ -34,7 +35,7 @@ def load_splits(job: PolicyJobConfig) -> Splits:
 
     from npalign.pretrained import model_path
 
-    tables = DATA_SOURCES[job.data.source].load(job.data)  # a text source (PolicyJobConfig)
+    tables = source_splits(job.data)  # a text source (PolicyJobConfig)
     tokenizer = AutoTokenizer.from_pretrained(model_path(job.policy.base))
     p = job.policy
     tokens = {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from npalign.config import EvalConfig, RewardJobConfig
 from npalign.data.embed import embed_pairs
+from npalign.data.sources import source_splits
 from npalign.evaluation.accuracy import evaluate_reward_model
 from npalign.models.reward import load_reward_model
 from npalign.recipes.outline import Recipe, Splits, no_keys, nothing_first
@@ -16,7 +17,7 @@ from npalign.registry import DATA_SOURCES, REWARD_MODELS
 def load_splits(job: RewardJobConfig) -> Splits:
     """The source's splits; text is embedded (cached) into the features the models train on."""
     source = DATA_SOURCES[job.data.source]
-    tables = source.load(job.data)
+    tables = source_splits(job.data)
     if not source.text:
         return Splits(tables)
     pairs, _ = embed_pairs(tables, job.data.embed)

@@ -7,6 +7,7 @@ holding every rank's shard, resume after a failure, metrics.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -84,6 +85,17 @@ def kept(result: ray.train.Result, config: TrainConfig) -> tuple[ray.train.Check
     if config.keep == "best" and result.best_checkpoints:
         return min(result.best_checkpoints, key=lambda kept: kept[1][SELECTION_METRIC])
     return result.checkpoint, result.metrics
+
+
+def val_by_epoch(result: ray.train.Result) -> dict[int, float]:
+    """epoch → val_nll over the whole fit, from its last checkpoint (Ray's own metrics keep
+    only the retained checkpoints'): where the kept checkpoint sits on the validation curve."""
+    if result.checkpoint is None:
+        return {}
+    with result.checkpoint.as_directory() as folder:
+        state = json.loads((Path(folder) / STATE_FILE).read_text())
+    history = state.get(SELECTION_METRIC + "_by_epoch", [])
+    return {epoch: float(v) for epoch, v in enumerate(history, start=1)}
 
 
 def flush_denormals(device: torch.device) -> bool:
@@ -241,7 +253,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             weights = trained_state_dict(engine)
             if rank == 0:
                 task.save(Path(folder), weights)
-                state = {"epoch": epoch, "step": step, "metrics": metrics}
+                state = {
+                    "epoch": epoch,
+                    "step": step,
+                    "metrics": metrics,
+                    SELECTION_METRIC + "_by_epoch": val_history,
+                }
                 write_json(Path(folder) / STATE_FILE, state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
