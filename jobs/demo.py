@@ -11,8 +11,9 @@ Stages, each writing its run folder inside the demo's folder:
 3. NP-DPO on SmolLM2-135M-Instruct (--policy-config; LoRA + FiLM(z)), implicit-reward accuracy
    vs context size;
 4. the Ray Serve endpoint (--serve-config) on 127.0.0.1: a concise and a detailed user each
-   store --context of their choices, ask the same question, and both answers are printed; then
-   the endpoint stops.
+   store --context of their choices; a new user of the last type answers --questions pairs the
+   endpoint chooses for them (POST /users/{id}/next-question, from 50 candidates); all three ask
+   the same question and the answers are printed; then the endpoint stops.
 
 `--set STAGE:key=value` overrides one stage's config (STAGE: reward, policy or serve), e.g.
 `--set policy:policy.num_layers=4`. All configs are checked before anything runs. Prints each
@@ -39,7 +40,7 @@ from npalign.config import (
     ServeConfig,
     load_config,
 )
-from npalign.data.steer import simulated_users
+from npalign.data.steer import question_pool, simulated_users
 from npalign.files import new_run_folder, write_json, write_text
 from npalign.recipes.outline import run_recipe
 from npalign.recipes.policy import POLICY, encoder_job
@@ -57,11 +58,16 @@ class DemoRun:
 
 
 def ask_endpoint(
-    url: str, prompt: str, users: dict[str, list[dict]], new_tokens: int, token: str = ""
+    url: str,
+    prompt: str,
+    users: dict[str, list[dict]],
+    new_tokens: int,
+    token: str = "",
+    known: tuple[str, ...] = (),
 ) -> dict:
-    """Store each user's choices (POST /users/{id}/choices), then ask the same question for all
-    users at once (their requests share one batch on the replica): {user: answer}. `token`: the
-    endpoint's admin token, when it has one."""
+    """Store each user's choices (POST /users/{id}/choices), then ask the same question for
+    them and for the `known` users stored already, all at once (their requests share one batch
+    on the replica): {user: answer}. `token`: the endpoint's admin token, when it has one."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     for user, choices in users.items():
         reply = requests.post(
@@ -75,8 +81,38 @@ def ask_endpoint(
         reply.raise_for_status()
         return reply.json()["response"]
 
-    with ThreadPoolExecutor(len(users)) as pool:
-        return dict(zip(users, pool.map(ask, users), strict=True))
+    everyone = [*users, *known]
+    with ThreadPoolExecutor(len(everyone)) as pool:
+        return dict(zip(everyone, pool.map(ask, everyone), strict=True))
+
+
+def ask_questions(
+    url: str, user: str, candidates: list[dict], answers: list[int], questions: int, token: str = ""
+) -> list[dict]:
+    """A new user answers `questions` pairs that the endpoint chooses from `candidates`
+    ({prompt, response_a, response_b}); `answers` holds their answer to each (1: b). Each
+    answer is stored as a choice before the next question is chosen. The questions asked, with
+    the expected information and the answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    asked = []
+    for _ in range(questions):
+        reply = requests.post(
+            f"{url}/users/{user}/next-question",
+            json={"candidates": candidates},
+            headers=headers,
+            timeout=300,
+        )
+        reply.raise_for_status()
+        question = reply.json()
+        a, b = question["response_a"], question["response_b"]
+        chosen, rejected = (b, a) if answers[question["index"]] else (a, b)
+        choice = {"prompt": question["prompt"], "chosen": chosen, "rejected": rejected}
+        reply = requests.post(
+            f"{url}/users/{user}/choices", json={"choices": [choice]}, headers=headers, timeout=300
+        )
+        reply.raise_for_status()
+        asked.append({**question, "answer": "b" if answers[question["index"]] else "a"})
+    return asked
 
 
 def run_demo(
@@ -85,6 +121,7 @@ def run_demo(
     serve: ServeConfig,
     context_pairs: int,
     new_tokens: int,
+    questions: int = 3,
 ) -> DemoRun:
     """The four stages above; configs are validated by the caller, before anything is written."""
     folder = new_run_folder(reward_job.run.output_dir, "demo")
@@ -106,7 +143,7 @@ def run_demo(
     tables.append(trained.report)
     print(tables[-1], flush=True)
 
-    log.info("stage 4/4: the endpoint, two users with opposite preferences")
+    log.info("stage 4/4: the endpoint, two users with opposite preferences and a new one")
     serve = serve.model_copy(
         update={
             "policy": trained.results["npdpo"]["checkpoint"],
@@ -116,11 +153,27 @@ def run_demo(
     )
     test = trained.splits.text["test"]
     prompt, users = simulated_users(test, context_pairs, policy_job.eval.seed)
+    new_type = sorted(users)[-1]
+    new_user = f"new-{new_type}"
+    candidates, labels = question_pool(test, new_type, 50, policy_job.eval.seed)
     with running_endpoint(serve) as url:
         log.info("endpoint up at %s (docs: %s/docs)", url, url)
-        answers = ask_endpoint(url, prompt, users, new_tokens, serve.admin_token)
-    write_json(folder / "answers.json", {"prompt": prompt, "users": users, "answers": answers})
-    lines = [f"The endpoint, each user known by {context_pairs} of their choices:", prompt]
+        asked = ask_questions(url, new_user, candidates, labels, questions, serve.admin_token)
+        answers = ask_endpoint(url, prompt, users, new_tokens, serve.admin_token, (new_user,))
+    write_json(
+        folder / "answers.json",
+        {"prompt": prompt, "users": users, "questions": {new_user: asked}, "answers": answers},
+    )
+    lines = [
+        f"The endpoint, each user known by {context_pairs} of their choices, {new_user} by "
+        f"{questions} questions it chose for them:",
+        *(
+            f"  asked: {q['prompt'][:60]}... ({q['selector']}, {q['information']:.3f}); "
+            f"answered {q['answer']}"
+            for q in asked
+        ),
+        prompt,
+    ]
     for user, answer in answers.items():
         lines.append(f"--- {user} user ({len(answer.split())} words): {answer}")
     tables.append("\n".join(lines))
@@ -135,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-config", default="configs/serve.yaml", help="the endpoint")
     parser.add_argument("--context", type=int, default=5, help="choices each demo user gives")
     parser.add_argument("--new-tokens", type=int, default=96, help="length limit of the answers")
+    parser.add_argument(
+        "--questions", type=int, default=3, help="questions the endpoint chooses for a new user"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -174,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def run():
         c = configs()
-        return run_demo(c["reward"], c["policy"], c["serve"], args.context, args.new_tokens)
+        return run_demo(
+            c["reward"], c["policy"], c["serve"], args.context, args.new_tokens, args.questions
+        )
 
     result = run_checked(run)
     if result is None:

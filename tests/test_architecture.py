@@ -14,7 +14,7 @@ LAYERS = [
     {"config"},
     {"data"},
     {"models"},
-    {"train", "evaluation", "inference", "export"},
+    {"train", "evaluation", "inference", "export", "active"},
     {"recipes"},
     {"serving", "sweep"},
     {"cli"},

@@ -30,6 +30,9 @@ NAN = json.dumps(
 OVERFLOW = {"chosen": [[1e39] * 384], "rejected": [[0.0] * 384]}
 WIDE = {"chosen": [[0.0] * 1000], "rejected": [[0.0] * 1000]}
 MANY = CHOICES * 500  # 1,000 pairs: refused before any is embedded
+QUESTIONS = [
+    {"prompt": c["prompt"], "response_a": c["chosen"], "response_b": c["rejected"]} for c in CHOICES
+]
 # Under max_prompt_tokens (64) as raw text, over it inside the chat template.
 TEMPLATE_OVERFLOW = "word " * 50
 ADMIN = "admin-token-for-tests-0001"
@@ -122,16 +125,41 @@ def test_add_choices_then_generate_by_user_id_and_delete(endpoint):
     assert b"erin" not in files
 
 
-def test_the_demo_asks_for_two_users_in_one_go(endpoint):
+def test_a_new_user_is_asked_questions_not_answered_yet(endpoint):
+    url, _ = endpoint
+    asked = []
+    for _ in QUESTIONS:
+        reply = post(url, "/users/quinn/next-question", {"candidates": QUESTIONS})
+        assert reply.status_code == 200, reply.text
+        question = reply.json()
+        assert question["selector"] == "lookahead"  # the test's NP-BTL has a fixed z
+        assert question["index"] not in asked and question["context_pairs"] == len(asked)
+        asked.append(question["index"])
+        answer = {
+            "prompt": question["prompt"],
+            "chosen": question["response_b"],
+            "rejected": question["response_a"],
+        }
+        assert post(url, "/users/quinn/choices", {"choices": [answer]}).status_code == 200
+    reply = post(url, "/users/quinn/next-question", {"candidates": QUESTIONS})
+    assert reply.status_code == 409, reply.text  # every candidate is answered
+
+
+def test_the_demo_asks_a_new_user_questions_then_everyone_in_one_go(endpoint):
     from test_job import load_job
 
-    ask_endpoint = load_job("demo").ask_endpoint
+    demo = load_job("demo")
 
     url, _ = endpoint
+    asked = demo.ask_questions(url, "new-demo", QUESTIONS, [1, 0], 2, token=ADMIN)
+    assert sorted(q["index"] for q in asked) == [0, 1]
+    assert [q["answer"] for q in sorted(asked, key=lambda q: q["index"])] == ["b", "a"]
     users = {"concise-demo": CHOICES, "detailed-demo": CHOICES[::-1]}
-    answers = ask_endpoint(url, "What happened today?", users, new_tokens=4, token=ADMIN)
-    assert set(answers) == set(users) and all(isinstance(a, str) for a in answers.values())
-    for user in users:  # stored by the demo, as a served user would be
+    prompt = "What happened today?"
+    answers = demo.ask_endpoint(url, prompt, users, new_tokens=4, token=ADMIN, known=("new-demo",))
+    assert set(answers) == {*users, "new-demo"}
+    assert all(isinstance(a, str) for a in answers.values())
+    for user in [*users, "new-demo"]:  # stored by the demo, as a served user would be
         assert http.get(f"{url}/users/{user}", timeout=30).json()["choices"] == 2
 
 
@@ -189,6 +217,17 @@ def test_a_replica_restart_keeps_the_user(endpoint):
         ("/users/gina/choices", {"choices": MANY}, 413),
         ("/users/gina/choices", {"context_embeddings": OVERFLOW}, 422),
         ("/generate", "x" * 10_000_000, 413),
+        ("/users/gina/next-question", {}, 422),  # no candidates and no configured pool
+        ("/users/gina/next-question", {"candidates": []}, 422),
+        ("/users/gina/next-question", {"candidates": QUESTIONS, "selector": "psychic"}, 422),
+        ("/users/gina/next-question", {"candidates": QUESTIONS, "selector": "bald"}, 422),
+        ("/users/gina/next-question", {"candidates": [{**QUESTIONS[0], "prompt": " "}]}, 422),
+        # 1,001 short candidates (52 kB, under max_body_bytes): over max_question_candidates.
+        (
+            "/users/gina/next-question",
+            {"candidates": [{"prompt": "Q", "response_a": "a", "response_b": "b"}] * 1001},
+            413,
+        ),
         # Over this endpoint's max_body_bytes (100 kB), under the default: the setting holds.
         ("/generate", {"prompt": "Hi", "choices": CHOICES, "pad": "x" * 150_000}, 413),
     ],

@@ -486,6 +486,14 @@ class ServeConfig(Strict):
     allow_unauthenticated: bool = Field(
         False, description="serve a non-loopback host without tokens (behind your own gateway)"
     )
+    question_pool: str | None = Field(
+        None,
+        description="a .jsonl or .parquet file of candidate pairs (prompt, response_a, "
+        "response_b) that /users/{id}/next-question picks from when a request brings none",
+    )
+    max_question_candidates: int = Field(
+        1000, gt=0, description="candidates one next-question request may bring"
+    )
     max_context_pairs: int = Field(32, gt=0, description="a stored user uses their latest ones")
     max_stored_choices: int = Field(256, gt=0, description="a stored user keeps their latest")
     max_cached_users: int = Field(10_000, gt=0, description="z's cached per replica, LRU")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from npalign.active import Pool, default_selector, next_questions
 from npalign.config import DecodingConfig
 from npalign.data.embed import TextEncoder, embed_text
 from npalign.data.sequences import prompt_tokens
@@ -90,6 +91,79 @@ def user_rewards(reward: nn.Module, context: ContextEmbeddings, options: np.ndar
         torch.as_tensor(context.chosen)[None], torch.as_tensor(context.rejected)[None], mask
     ).mean
     return reward.reward(torch.as_tensor(options)[None], z)[0].numpy()
+
+
+@dataclass
+class Candidate:
+    """A pair that could be put to a user: "for `prompt`, which of the two do you prefer?"."""
+
+    prompt: str
+    response_a: str
+    response_b: str
+
+
+def embed_candidates(
+    checkpoint: PolicyCheckpoint, candidates: list[Candidate]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs → (features of response a (n, dim), of response b (n, dim)), in the
+    policy's embedding setting."""
+    setting = checkpoint.embed
+    encoder = context_encoder(setting.model, setting.pooling, setting.max_length)
+    texts = [
+        embed_text(c.prompt, response, setting.include_prompt)
+        for c in candidates
+        for response in (c.response_a, c.response_b)
+    ]
+    chunk = 128  # texts per encoder call: a large pool is embedded a batch at a time
+    parts = [encoder.embed(texts[i : i + chunk]) for i in range(0, len(texts), chunk)]
+    both = np.concatenate(parts).reshape(len(candidates), 2, -1)
+    return both[:, 0], both[:, 1]
+
+
+def in_context(
+    context: ContextEmbeddings, a: np.ndarray, b: np.ndarray, tolerance: float = 1e-4
+) -> np.ndarray:
+    """Which candidates (a, b: (n, dim)) the user has answered already, in either order: their
+    embeddings equal a context pair's (the store keeps embeddings, not texts). (n,) bool"""
+    if not len(context.chosen):
+        return np.zeros(len(a), dtype=bool)
+    asked = np.concatenate([context.chosen, context.rejected], axis=1)  # (m, 2 dim)
+    found = np.zeros(len(a), dtype=bool)
+    for pair in (np.concatenate([a, b], axis=1), np.concatenate([b, a], axis=1)):
+        distance = np.abs(pair[:, None] - asked[None]).max(-1)  # (n, m)
+        found |= (distance <= tolerance).any(1)
+    return found
+
+
+@torch.no_grad()
+def next_question(
+    reward: nn.Module,
+    context: ContextEmbeddings,
+    a: np.ndarray,
+    b: np.ndarray,
+    selector: str | None = None,
+    seed: int = 0,
+    answered: ContextEmbeddings | None = None,
+) -> tuple[int | None, float, str]:
+    """The candidate (a, b: (n, dim)) whose answer is expected to tell most about the user whose
+    choices so far are `context`, by an NP-BTL (`active.py`): (its index, or None when every
+    candidate is answered already; the expected information; the selector used). `answered`:
+    every pair the user has answered, when the model reads only their latest (`context`)."""
+    selector = selector or default_selector(reward)
+    m = len(context.chosen)
+    width = max(m, 1)
+    chosen = torch.zeros(1, width, a.shape[1])
+    rejected = torch.zeros(1, width, a.shape[1])
+    chosen[0, :m] = torch.as_tensor(context.chosen)
+    rejected[0, :m] = torch.as_tensor(context.rejected)
+    mask = torch.arange(width)[None] < m
+    available = torch.as_tensor(~in_context(answered or context, a, b))[None]
+    pool = Pool(
+        chosen, rejected, mask, torch.as_tensor(a)[None], torch.as_tensor(b)[None], available
+    )
+    index, score = next_questions(reward, pool, selector, torch.Generator().manual_seed(seed))
+    found = int(index[0])
+    return (found if found >= 0 else None), float(score[0]), selector
 
 
 @torch.no_grad()

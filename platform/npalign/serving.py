@@ -4,6 +4,7 @@ a few of their choices, behind a FastAPI ingress (OpenAPI docs at /docs).
     POST   /generate              {prompt, user_id | choices | context_embeddings, max_new_tokens?}
     POST   /score                 {prompt, responses, user_id | choices | context_embeddings}
     POST   /users/{user_id}/choices   {choices | context_embeddings}   add to a stored user
+    POST   /users/{user_id}/next-question  {candidates?, selector?}   the pair to ask them next
     GET    /users/{user_id}       number of choices, when updated
     DELETE /users/{user_id}       nothing of the user is kept afterwards
     GET    /health
@@ -30,7 +31,14 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from ray import serve
 
 from npalign.access import Access, Boundary, Caller, caller, configure
@@ -38,15 +46,19 @@ from npalign.config import ServeConfig
 from npalign.data.sequences import prompt_tokens
 from npalign.files import cache_dir
 from npalign.inference import (
+    Candidate,
     Choice,
     ContextEmbeddings,
     check_reward_model,
+    embed_candidates,
     embed_choices,
     embed_responses,
     generate,
+    next_question,
     user_latents,
     user_rewards,
 )
+from npalign.registry import QUESTION_SELECTORS
 from npalign.stores.base import EraseIncomplete, open_store
 
 
@@ -141,6 +153,38 @@ class AddChoicesRequest(Request):
         return self
 
 
+class CandidateIn(Request):
+    prompt: Text
+    response_a: Text
+    response_b: Text
+
+
+class NextQuestionRequest(Request):
+    candidates: list[CandidateIn] | None = Field(
+        None, min_length=1, description="pairs to choose from; none: the configured pool"
+    )
+    selector: str | None = Field(
+        None,
+        description="bald, lookahead, entropy or random; default: bald for a variational "
+        "NP-BTL, lookahead for a deterministic one",
+    )
+
+    @field_validator("selector")
+    @classmethod
+    def _registered(cls, name: str | None) -> str | None:
+        return name if name is None else QUESTION_SELECTORS.check(name)
+
+
+class NextQuestionResponse(BaseModel):
+    index: int  # in the request's candidates, or in the configured pool
+    prompt: str
+    response_a: str
+    response_b: str
+    information: float  # the selector's score: for bald, nats of information about z
+    selector: str
+    context_pairs: int
+
+
 class UserSummary(BaseModel):
     user_id: str
     choices: int
@@ -152,6 +196,8 @@ def texts_of(request: BaseModel) -> list[str]:
     out = [getattr(request, "prompt", None), *(getattr(request, "responses", None) or [])]
     for choice in getattr(request, "choices", None) or []:
         out += [choice.prompt, choice.chosen, choice.rejected]
+    for candidate in getattr(request, "candidates", None) or []:
+        out += [candidate.prompt, candidate.response_a, candidate.response_b]
     return [t for t in out if t is not None]
 
 
@@ -225,6 +271,12 @@ class SteerableEndpoint:
         # entry of a user deleted and created again is never served.
         self.latents: OrderedDict[str, tuple[int, torch.Tensor]] = OrderedDict()
         self.latents_lock = threading.Lock()  # requests run `_latent` in threads at once
+        # The configured question pool, read, checked and embedded once, at start-up.
+        self.pool: list[Candidate] = []
+        self.pool_features: tuple[np.ndarray, np.ndarray] | None = None
+        if self.config.question_pool:
+            self.pool = read_question_pool(self.config.question_pool, self.config.max_text_chars)
+            self.pool_features = embed_candidates(self.policy, self.pool)
         batch = self._generate_batch
         batch.set_max_batch_size(self.config.max_batch_size)
         batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
@@ -373,6 +425,60 @@ class SteerableEndpoint:
             raise HTTPException(409, f"user {user_id!r} was deleted meanwhile") from None
         return self._summary(state)
 
+    @app.post("/users/{user_id}/next-question", response_model=NextQuestionResponse)
+    async def ask_next(
+        self, user_id: str, request: NextQuestionRequest, who: Authorized
+    ) -> NextQuestionResponse:
+        """The pair whose answer is expected to tell most about this user (a user not stored yet
+        starts from no choices); the answer goes back through POST /users/{id}/choices."""
+        who.check_may_act_for(user_id)
+        if self.reward is None:
+            raise HTTPException(404, "choosing questions needs an NP-BTL (config: reward)")
+        limit = self.config.max_question_candidates
+        if request.candidates is not None and len(request.candidates) > limit:
+            raise HTTPException(
+                413,
+                f"{len(request.candidates)} candidates: at most {limit} (max_question_candidates)",
+            )
+        if request.candidates is None and not self.pool:
+            raise HTTPException(422, "give candidates: this endpoint has no question_pool")
+        self._check_size(request)
+        return await asyncio.to_thread(self._next_question, user_id, request)
+
+    def _next_question(self, user_id: str, request: NextQuestionRequest) -> NextQuestionResponse:
+        try:
+            state, context = self._stored(user_id)
+            answered = ContextEmbeddings(state.chosen, state.rejected)  # beyond the latest
+        except HTTPException:  # a new user: nothing known yet
+            dim = self.policy.feature_dim
+            empty = np.zeros((0, dim), np.float32)
+            context = answered = ContextEmbeddings(empty, empty)
+        if request.candidates is None:
+            candidates, (a, b) = self.pool, self.pool_features
+        else:
+            candidates = [
+                Candidate(c.prompt, c.response_a, c.response_b) for c in request.candidates
+            ]
+            a, b = embed_candidates(self.policy, candidates)
+        try:
+            index, information, selector = next_question(
+                self.reward, context, a, b, request.selector, answered=answered
+            )
+        except ValueError as error:  # a selector this model cannot run (bald on a fixed z)
+            raise HTTPException(422, str(error)) from None
+        if index is None:
+            raise HTTPException(409, "the user has answered every candidate already")
+        chosen = candidates[index]
+        return NextQuestionResponse(
+            index=index,
+            prompt=chosen.prompt,
+            response_a=chosen.response_a,
+            response_b=chosen.response_b,
+            information=information,
+            selector=selector,
+            context_pairs=len(context.chosen),
+        )
+
     @app.get("/users/{user_id}", response_model=UserSummary)
     async def user(self, user_id: str, who: Authorized) -> UserSummary:
         who.check_may_act_for(user_id)
@@ -401,6 +507,27 @@ class SteerableEndpoint:
     def _summary(state) -> UserSummary:
         updated = datetime.datetime.fromtimestamp(state.updated, datetime.UTC).isoformat()
         return UserSummary(user_id=state.user_id, choices=len(state.chosen), updated=updated)
+
+
+def read_question_pool(path: str, max_chars: int) -> list[Candidate]:
+    """Candidate pairs from a .jsonl or .parquet file; a row without its three texts, or with a
+    text longer than `max_chars`, is an error naming the file and row."""
+    from npalign.data.preferences import PreferenceDataError
+    from npalign.data.text import load_records
+
+    pool = []
+    for row, record in enumerate(load_records(path, "train")):
+        texts = [record.get(k) for k in ("prompt", "response_a", "response_b")]
+        if not all(isinstance(t, str) and t.strip() for t in texts):
+            raise PreferenceDataError(
+                f"{path}: row {row}: a question needs non-empty prompt, response_a and response_b"
+            )
+        if max(len(t) for t in texts) > max_chars:
+            raise PreferenceDataError(f"{path}: row {row}: a text over {max_chars} characters")
+        pool.append(Candidate(*texts))
+    if not pool:
+        raise PreferenceDataError(f"{path}: no candidate pairs in it")
+    return pool
 
 
 def build_app(config: ServeConfig):

@@ -258,6 +258,24 @@ def build_steer(config: SteerConfig) -> Path:
     return folder
 
 
+def question_pool(
+    split: pa.Table, user_type: str, size: int, seed: int
+) -> tuple[list[dict[str, str]], list[int]]:
+    """`size` pairs of `split` that `user_type` labelled, on prompts other than the split's
+    first (the one `simulated_users` asks about), as questions {prompt, response_a, response_b},
+    and that type's answers (1: b)."""
+    rows = split.to_pydict()
+    prompt_ids = np.asarray(rows["prompt_id"])
+    pool = np.flatnonzero(
+        (np.asarray(rows["user_type"]) == user_type) & (prompt_ids != prompt_ids[0])
+    )
+    picked = np.random.default_rng(seed).choice(pool, size=min(size, len(pool)), replace=False)
+    questions = [
+        {k: rows[k][row] for k in ("prompt", "response_a", "response_b")} for row in picked
+    ]
+    return questions, [int(rows["choice"][row]) for row in picked]
+
+
 def simulated_users(
     split: pa.Table, context_pairs: int, seed: int
 ) -> tuple[str, dict[str, list[dict[str, str]]]]:

@@ -103,6 +103,17 @@ class NPBTL(nn.Module):
         z = z[:, None, :].expand(-1, h.shape[1], -1)  # (batch, n, latent)
         return self.decoder(torch.cat([h, z], dim=-1)).squeeze(-1)
 
+    def reward_samples(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """`reward` for several latents per row at once: features (batch, n, dim), z (batch,
+        samples, latent) → rewards (batch, samples, n). The decoder's first layer is split into
+        its target and latent parts, so [h; z] is never built per (sample, target)."""
+        h = self.target_encoder(features)  # (batch, n, hidden)
+        first, rest = self.decoder[0], self.decoder[1:]
+        width = h.shape[-1]
+        from_h = F.linear(h, first.weight[:, :width], first.bias)  # (batch, n, hidden)
+        from_z = F.linear(z, first.weight[:, width:])  # (batch, samples, hidden)
+        return rest(from_h[:, None] + from_z[:, :, None]).squeeze(-1)
+
     def forward(self, batch: EpisodeBatch) -> PreferenceOutput:
         prior = self.latent(batch.context_chosen, batch.context_rejected, batch.context_mask)
         kl = None

@@ -1,0 +1,177 @@
+"""Which pair to ask a user next: the question whose answer is expected to tell most about them.
+
+Given a trained NP-BTL, each user's context so far and a pool of candidate pairs, every candidate
+gets a score and the best one not yet asked is the next question. Selectors (`QUESTION_SELECTORS`):
+
+- "bald": the mutual information between the user's answer y and the latent z,
+  I(y; z | C) = H(E_z p) − E_z H(p), with z sampled from q(z | C). Needs a variational latent
+  (a deterministic one has no spread to sample).
+- "lookahead" (any latent; the default for a deterministic one): the expected information the
+  answer brings about the user's answers on the pair itself and on up to 64 other pairs of the
+  pool (probes), E_y KL(p(y' | C, y) ‖ p(y' | C)) averaged over them — EPIG, with the NP's
+  amortised posterior standing in for Bayes' rule: C ∪ {(pair, y)} goes through the context
+  encoder for both answers.
+- "entropy": the predictive entropy H(p(y | C)) at z's mean: the pair the model is least sure
+  about (a baseline; it cannot tell the user's randomness from its own ignorance).
+- "random": uniform scores (the baseline of users who label whatever they are shown).
+
+Everything is batched over users and candidates; higher scores are better, and a candidate that is
+masked out (already asked, or padding) scores −inf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from npalign.registry import QUESTION_SELECTORS
+
+DEFAULT_SAMPLES = 64
+DEFAULT_PROBES = 64
+
+
+@dataclass
+class Pool:
+    """Per user, the context so far and the candidate pairs (features of both responses)."""
+
+    context_chosen: torch.Tensor  # (users, m, dim)
+    context_rejected: torch.Tensor  # (users, m, dim)
+    context_mask: torch.Tensor  # (users, m) bool, False on padding
+    candidate_a: torch.Tensor  # (users, candidates, dim)
+    candidate_b: torch.Tensor  # (users, candidates, dim)
+    available: torch.Tensor  # (users, candidates) bool: may be asked
+
+
+Selector = Callable[[nn.Module, Pool, torch.Generator], torch.Tensor]
+
+
+def default_selector(model: nn.Module) -> str:
+    return "bald" if model.variational else "lookahead"
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * p.log() + (1 - p) * (1 - p).log())
+
+
+def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(Bernoulli(p) ‖ Bernoulli(q)), elementwise."""
+    p, q = p.clamp(1e-6, 1 - 1e-6), q.clamp(1e-6, 1 - 1e-6)
+    return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
+
+
+def answer_probability(model: nn.Module, pool: Pool, z: torch.Tensor) -> torch.Tensor:
+    """p(the user prefers b) for every candidate under each latent: z (users, samples, latent)
+    → (users, samples, candidates)."""
+    return torch.sigmoid(
+        model.reward_samples(pool.candidate_b, z) - model.reward_samples(pool.candidate_a, z)
+    )
+
+
+@QUESTION_SELECTORS.register("bald")
+def bald(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch.Tensor:
+    if not model.variational:
+        raise ValueError(
+            "bald samples z from q(z | context): it needs an NP-BTL with model.latent "
+            "variational; use 'lookahead' for a deterministic latent"
+        )
+    q = model.latent(pool.context_chosen, pool.context_rejected, pool.context_mask)
+    noise = torch.randn(
+        (q.mean.shape[0], DEFAULT_SAMPLES, q.mean.shape[1]), generator=generator
+    ).to(q.mean)
+    z = q.mean[:, None] + q.std[:, None] * noise  # (users, samples, latent)
+    p = answer_probability(model, pool, z)  # (users, samples, candidates)
+    return _entropy(p.mean(1)) - _entropy(p).mean(1)
+
+
+@QUESTION_SELECTORS.register("lookahead")
+def lookahead(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch.Tensor:
+    users, candidates, dim = pool.candidate_a.shape
+    device = pool.candidate_a.device
+    now = model.latent(pool.context_chosen, pool.context_rejected, pool.context_mask).mean
+    p_b = answer_probability(model, pool, now[:, None])[:, 0]  # (users, candidates)
+
+    # Probes: a random subset of the pool (the same positions for every user), each candidate's
+    # own pair left out of its probes and counted once on its own, so that no candidate gains
+    # from happening to be drawn as a probe.
+    probes = torch.randperm(candidates, generator=generator)[:DEFAULT_PROBES].to(device)
+    probe_pool = Pool(
+        pool.context_chosen,
+        pool.context_rejected,
+        pool.context_mask,
+        pool.candidate_a[:, probes],
+        pool.candidate_b[:, probes],
+        pool.available[:, probes],
+    )
+    before = answer_probability(model, probe_pool, now[:, None])  # (users, 1, probes)
+    other = probes[None] != torch.arange(candidates, device=device)[:, None]  # (cand., probes)
+    valid = (pool.available[:, None, probes] & other[None]).float()  # (users, cand., probes)
+    m = pool.context_chosen.shape[1]
+
+    def grown(context: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        context = context[:, None].expand(-1, candidates, -1, -1)
+        return torch.cat([context, new[:, :, None]], dim=2).reshape(-1, m + 1, dim)
+
+    mask = torch.cat(
+        [
+            pool.context_mask[:, None].expand(-1, candidates, -1),
+            torch.ones(users, candidates, 1, dtype=torch.bool, device=device),
+        ],
+        dim=2,
+    ).reshape(-1, m + 1)
+
+    def gain(answer_b: bool) -> torch.Tensor:
+        """Mean KL of the predictions, on the probes and on the pair itself, once each candidate
+        is answered this way: (users, candidates)."""
+        chosen = pool.candidate_b if answer_b else pool.candidate_a
+        rejected = pool.candidate_a if answer_b else pool.candidate_b
+        z = model.latent(
+            grown(pool.context_chosen, chosen), grown(pool.context_rejected, rejected), mask
+        ).mean.reshape(users, candidates, -1)
+        on_probes = _kl(answer_probability(model, probe_pool, z), before)  # (users, cand., probes)
+        r_a = model.reward(pool.candidate_a.reshape(-1, 1, dim), z.reshape(users * candidates, -1))
+        r_b = model.reward(pool.candidate_b.reshape(-1, 1, dim), z.reshape(users * candidates, -1))
+        itself = _kl(torch.sigmoid(r_b - r_a).reshape(users, candidates), p_b)
+        return ((on_probes * valid).sum(-1) + itself) / (valid.sum(-1) + 1)
+
+    return (1 - p_b) * gain(False) + p_b * gain(True)
+
+
+@QUESTION_SELECTORS.register("entropy")
+def entropy(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch.Tensor:
+    z = model.latent(pool.context_chosen, pool.context_rejected, pool.context_mask).mean
+    return _entropy(answer_probability(model, pool, z[:, None])[:, 0])
+
+
+@QUESTION_SELECTORS.register("random")
+def random(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(pool.available.shape, generator=generator).to(pool.available.device)
+
+
+@torch.no_grad()
+def question_scores(
+    model: nn.Module, pool: Pool, selector: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(users, candidates) expected information of each candidate (−inf where not available)."""
+    if not getattr(model, "uses_context", False):
+        raise ValueError(
+            f"choosing questions needs a reward model that reads the context (NP-BTL), not "
+            f"{type(model).__name__}"
+        )
+    model.eval()
+    generator = generator or torch.Generator().manual_seed(0)
+    scores = QUESTION_SELECTORS[selector](model, pool, generator).float()
+    return scores.masked_fill(~pool.available, float("-inf"))
+
+
+def next_questions(
+    model: nn.Module, pool: Pool, selector: str, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per user, the index of the candidate to ask next and its score: (users,), (users,). A
+    user with nothing available gets index −1."""
+    scores = question_scores(model, pool, selector, generator)
+    best, index = scores.max(dim=1)
+    return torch.where(pool.available.any(1), index, -1), best
