@@ -55,7 +55,7 @@ bench: bench-deps
 	$(BIN)/python benchmarks/embedding_throughput.py --out benchmarks/embedding_throughput.json
 	$(BIN)/python benchmarks/steer_reward.py --out benchmarks/steer_reward.json
 	$(BIN)/python benchmarks/small_data.py --out benchmarks/small_data.json
-	$(BIN)/python benchmarks/active_questions.py --tasks synthetic --out benchmarks/active_questions.json
+	$(BIN)/python benchmarks/active_questions.py --out benchmarks/active_questions.json
 	$(BIN)/python benchmarks/steer_policy.py --out benchmarks/steer_policy.json
 	$(BIN)/python benchmarks/policy_cost.py --out benchmarks/policy_cost.json
 
