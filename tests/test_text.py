@@ -198,16 +198,21 @@ def test_a_pairs_id_does_not_depend_on_which_response_comes_first(tmp_path):
     assert kept["response_a"] == "short 0"
 
 
-def test_trl_conversations_without_a_prompt_column(tmp_path):
-    chat = [{"role": "user", "content": "Any news?"}]
+def load_conversation(tmp_path, turns):
+    """One TRL row without a prompt column: the conversation `turns`, then two answers."""
     row = {
-        "chosen": [*chat, {"role": "assistant", "content": "Rain."}],
-        "rejected": [*chat, {"role": "assistant", "content": "Heavy rain fell today."}],
+        "chosen": [*turns, {"role": "assistant", "content": "Rain."}],
+        "rejected": [*turns, {"role": "assistant", "content": "Heavy rain fell today."}],
         "user": "u0",
     }
     path = tmp_path / "prefs.jsonl"
     path.write_text(json.dumps(row) + "\n")
     (out,) = load_text_pairs(TextSourceConfig(source=str(path), format="trl"))
+    return out
+
+
+def test_trl_conversations_without_a_prompt_column(tmp_path):
+    out = load_conversation(tmp_path, [{"role": "user", "content": "Any news?"}])
     assert out["prompt"] == "Any news?" and {out["response_a"], out["response_b"]} == {
         "Rain.",
         "Heavy rain fell today.",
@@ -220,14 +225,7 @@ def test_a_multi_turn_prompt_keeps_its_turns_and_a_bad_conversation_is_named(tmp
         {"role": "assistant", "content": "Some."},
         {"role": "user", "content": "Tell me."},
     ]
-    row = {
-        "chosen": [*turns, {"role": "assistant", "content": "Rain."}],
-        "rejected": [*turns, {"role": "assistant", "content": "Heavy rain fell today."}],
-        "user": "u0",
-    }
-    path = tmp_path / "prefs.jsonl"
-    path.write_text(json.dumps(row) + "\n")
-    (out,) = load_text_pairs(TextSourceConfig(source=str(path), format="trl"))
+    out = load_conversation(tmp_path, turns)
     assert json.loads(out["prompt_messages"]) == turns
     assert out["prompt"] == "user: Any news?\nassistant: Some.\nuser: Tell me."  # for the embedder
 

@@ -150,16 +150,12 @@ def next_question(
     candidate is answered already; the expected information; the selector used). `answered`:
     every pair the user has answered, when the model reads only their latest (`context`)."""
     selector = selector or default_selector(reward)
-    m = len(context.chosen)
-    width = max(m, 1)
-    chosen = torch.zeros(1, width, a.shape[1])
-    rejected = torch.zeros(1, width, a.shape[1])
-    chosen[0, :m] = torch.as_tensor(context.chosen)
-    rejected[0, :m] = torch.as_tensor(context.rejected)
-    mask = torch.arange(width)[None] < m
     available = torch.as_tensor(~in_context(answered or context, a, b))[None]
     pool = Pool(
-        chosen, rejected, mask, torch.as_tensor(a)[None], torch.as_tensor(b)[None], available
+        *padded_contexts([context], a.shape[1]),
+        torch.as_tensor(a)[None],
+        torch.as_tensor(b)[None],
+        available,
     )
     index, score = next_questions(reward, pool, selector, torch.Generator().manual_seed(seed))
     found = int(index[0])
@@ -181,6 +177,14 @@ def user_latents(checkpoint: PolicyCheckpoint, contexts: list[ContextEmbeddings]
             raise ValueError(
                 f"context {i}: {len(c.chosen)} chosen but {len(c.rejected)} rejected embeddings"
             )
+    return checkpoint.policy.latent(*padded_contexts(contexts, dim))
+
+
+def padded_contexts(
+    contexts: list[ContextEmbeddings], dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Users' contexts as the context encoder reads them: chosen, rejected (users, width, dim)
+    and the mask (users, width), False on padding; width ≥ 1 even when every context is empty."""
     width = max(1, max(len(c.chosen) for c in contexts))
     chosen = torch.zeros(len(contexts), width, dim)
     rejected = torch.zeros(len(contexts), width, dim)
@@ -190,7 +194,7 @@ def user_latents(checkpoint: PolicyCheckpoint, contexts: list[ContextEmbeddings]
         chosen[i, :m] = torch.as_tensor(c.chosen, dtype=torch.float32)
         rejected[i, :m] = torch.as_tensor(c.rejected, dtype=torch.float32)
         mask[i, :m] = True
-    return checkpoint.policy.latent(chosen, rejected, mask)
+    return chosen, rejected, mask
 
 
 @torch.no_grad()

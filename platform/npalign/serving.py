@@ -43,7 +43,9 @@ from ray import serve
 
 from npalign.access import Access, Boundary, Caller, caller, configure
 from npalign.config import ServeConfig
+from npalign.data.preferences import PreferenceDataError
 from npalign.data.sequences import prompt_tokens
+from npalign.data.text import load_records
 from npalign.files import cache_dir
 from npalign.inference import (
     Candidate,
@@ -327,8 +329,12 @@ class SteerableEndpoint:
             with self.latents_lock:  # deleted (maybe through another replica): forget their z
                 self.latents.pop(user_id, None)
             raise HTTPException(404, f"unknown user {user_id!r}: add choices first")
-        keep = self.config.max_context_pairs  # the most recent choices
-        return state, ContextEmbeddings(state.chosen[-keep:], state.rejected[-keep:])
+        return state, self._latest(state)
+
+    def _latest(self, state) -> ContextEmbeddings:
+        """The context a stored user is read by: their most recent choices."""
+        keep = self.config.max_context_pairs
+        return ContextEmbeddings(state.chosen[-keep:], state.rejected[-keep:])
 
     def _latent(self, request: Context) -> tuple[torch.Tensor, int]:
         """(z of shape (latent,), number of context pairs) for the policy."""
@@ -446,13 +452,13 @@ class SteerableEndpoint:
         return await asyncio.to_thread(self._next_question, user_id, request)
 
     def _next_question(self, user_id: str, request: NextQuestionRequest) -> NextQuestionResponse:
-        try:
-            state, context = self._stored(user_id)
-            answered = ContextEmbeddings(state.chosen, state.rejected)  # beyond the latest
-        except HTTPException:  # a new user: nothing known yet
-            dim = self.policy.feature_dim
-            empty = np.zeros((0, dim), np.float32)
+        state = self.store.get(user_id)
+        if state is None:  # a new user: nothing known yet
+            empty = np.zeros((0, self.policy.feature_dim), np.float32)
             context = answered = ContextEmbeddings(empty, empty)
+        else:
+            context = self._latest(state)
+            answered = ContextEmbeddings(state.chosen, state.rejected)  # beyond the latest
         if request.candidates is None:
             candidates, (a, b) = self.pool, self.pool_features
         else:
@@ -512,9 +518,6 @@ class SteerableEndpoint:
 def read_question_pool(path: str, max_chars: int) -> list[Candidate]:
     """Candidate pairs from a .jsonl or .parquet file; a row without its three texts, or with a
     text longer than `max_chars`, is an error naming the file and row."""
-    from npalign.data.preferences import PreferenceDataError
-    from npalign.data.text import load_records
-
     pool = []
     for row, record in enumerate(load_records(path, "train")):
         texts = [record.get(k) for k in ("prompt", "response_a", "response_b")]

@@ -258,6 +258,15 @@ def build_steer(config: SteerConfig) -> Path:
     return folder
 
 
+def other_prompt_rows(rows: dict[str, list], user_type: str) -> np.ndarray:
+    """Rows of a split (as a dict of columns) that `user_type` labelled, on prompts other than
+    the split's first: the one the demo's users are asked about."""
+    prompt_ids = np.asarray(rows["prompt_id"])
+    return np.flatnonzero(
+        (np.asarray(rows["user_type"]) == user_type) & (prompt_ids != prompt_ids[0])
+    )
+
+
 def question_pool(
     split: pa.Table, user_type: str, size: int, seed: int
 ) -> tuple[list[dict[str, str]], list[int]]:
@@ -265,10 +274,7 @@ def question_pool(
     first (the one `simulated_users` asks about), as questions {prompt, response_a, response_b},
     and that type's answers (1: b)."""
     rows = split.to_pydict()
-    prompt_ids = np.asarray(rows["prompt_id"])
-    pool = np.flatnonzero(
-        (np.asarray(rows["user_type"]) == user_type) & (prompt_ids != prompt_ids[0])
-    )
+    pool = other_prompt_rows(rows, user_type)
     picked = np.random.default_rng(seed).choice(pool, size=min(size, len(pool)), replace=False)
     questions = [
         {k: rows[k][row] for k in ("prompt", "response_a", "response_b")} for row in picked
@@ -288,9 +294,7 @@ def simulated_users(
     rng = np.random.default_rng(seed)
     users = {}
     for user_type in sorted(set(rows["user_type"])):
-        pool = np.flatnonzero(
-            (np.asarray(rows["user_type"]) == user_type) & (prompt_ids != prompt_ids[0])
-        )
+        pool = other_prompt_rows(rows, user_type)
         choices = []
         for row in rng.choice(pool, size=context_pairs, replace=False):
             a, b = rows["response_a"][row], rows["response_b"][row]
