@@ -24,14 +24,13 @@ from __future__ import annotations
 import sys
 
 from npalign.cli import registered, run_job
-from npalign.recipes.outline import run_recipe
 from npalign.recipes.policy import POLICY
 from npalign.registry import DATA_SOURCES, POLICY_MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
     doc = f"{__doc__}\n{registered(POLICY_MODELS, DATA_SOURCES)}"
-    return run_job(doc, argv, POLICY.schema, lambda job: run_recipe(job, POLICY))
+    return run_job(doc, argv, POLICY)
 
 
 if __name__ == "__main__":

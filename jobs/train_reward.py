@@ -19,14 +19,13 @@ from __future__ import annotations
 import sys
 
 from npalign.cli import registered, run_job
-from npalign.recipes.outline import run_recipe
 from npalign.recipes.reward import REWARD
 from npalign.registry import DATA_SOURCES, REWARD_MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
     doc = f"{__doc__}\n{registered(REWARD_MODELS, DATA_SOURCES)}"
-    return run_job(doc, argv, REWARD.schema, lambda job: run_recipe(job, REWARD))
+    return run_job(doc, argv, REWARD)
 
 
 if __name__ == "__main__":

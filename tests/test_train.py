@@ -30,10 +30,7 @@ SMALL_TEXT_RUN = [
 
 
 def test_main_job_trains_npbtl_with_zero2(ray_cluster, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("train_reward", ROOT / "jobs/train_reward.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    code = job.main(
+    code = train_reward_job().main(
         [
             "--config",
             str(ROOT / "configs/synthetic.yaml"),
@@ -84,6 +81,61 @@ def test_main_job_trains_npbtl_with_zero2(ray_cluster, tmp_path, capsys):
     load_reward_model(checkpoint)
 
 
+def test_a_job_whose_driver_was_killed_goes_on_in_its_own_folder(ray_nodes, tmp_path, capsys):
+    """The reward job's driver is killed (SIGKILL) once its fit has checkpointed an epoch;
+    `--resume FOLDER` finishes the same run in the same folder from that checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = [
+        "--config",
+        str(ROOT / "configs/synthetic.yaml"),
+        f"run.output_dir={tmp_path}",
+        "models=[npbtl]",
+        "data.synthetic.num_pairs=1000",
+        "data.train_episodes=3200",
+        "data.val_episodes=64",
+        "model.hidden_dim=32",
+        "train.epochs=3",
+        "eval.num_episodes=100",
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray_nodes.address}
+    driver = subprocess.Popen([sys.executable, str(ROOT / "jobs/train_reward.py"), *argv], env=env)
+    try:
+        deadline = time.time() + 240
+        # Ray Train's controller has registered a checkpoint once its snapshot lists one.
+        while not list(tmp_path.glob("synthetic-*/checkpoints/npbtl/checkpoint_manager_*")):
+            assert driver.poll() is None and time.time() < deadline
+            time.sleep(0.5)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    (folder,) = tmp_path.glob("synthetic-*")
+    assert not (folder / "metrics.json").exists()
+
+    assert train_reward_job().main(["--resume", str(folder)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"run folder: {folder}")
+    npbtl = json.loads((folder / "metrics.json").read_text())["results"]["npbtl"]
+    assert npbtl["last_epoch_metrics"]["epoch"] == 3
+    assert npbtl["last_epoch_metrics"]["start_step"] >= 50  # went on after >= 1 epoch
+    assert (folder / "results" / "npbtl.json").exists()
+    assert len(list(tmp_path.iterdir())) == 1  # no second run folder
+    # a finished run resumed again trains nothing and reports the same
+    assert train_reward_job().main(["--resume", str(folder)]) == 0
+    again = json.loads((folder / "metrics.json").read_text())["results"]["npbtl"]
+    assert again["average"] == npbtl["average"]
+
+
+def train_reward_job():
+    spec = importlib.util.spec_from_file_location("train_reward", ROOT / "jobs/train_reward.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
+
+
 def small_synthetic_fit(folder: Path, overrides: list[str]):
     """(config, pairs, episode files) of a 10-step-per-epoch synthetic NP-BTL fit."""
     config = load_config(
@@ -104,31 +156,57 @@ def small_synthetic_fit(folder: Path, overrides: list[str]):
     return config, pairs, episodes
 
 
-def test_failure_after_first_checkpoint_resumes_with_zero3(ray_cluster, tmp_path):
+def test_a_killed_worker_resumes_mid_epoch_on_the_batches_it_had_not_reached(ray_cluster, tmp_path):
+    """Rank 0's process is killed at step 13 of 20 (epoch 2 of 2, 10 steps each); the worker
+    group restarts from the step-12 checkpoint, skips the two batches of epoch 2 it had
+    trained on and ends with the very weights of a run that was never interrupted."""
+    import torch
+
+    from npalign.train.loop import kept
     from npalign.train.reward import fit_reward_model
 
+    every = ["train.epochs=2", "train.zero_stage=3", "train.checkpoint_every_steps=4"]
     config, pairs, episodes = small_synthetic_fit(
-        tmp_path,
-        [
-            "train.epochs=2",
-            "train.zero_stage=3",
-            "train.max_failures=1",
-            "train.fail_after_epoch=1",
-        ],
+        tmp_path, [*every, "train.max_failures=1", "train.fail_at_step=13"]
     )
-    result = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "checkpoints")
-    steps_per_epoch = 640 // 64
-    # the worker group died after epoch 1's checkpoint; the restart resumed at its step
-    assert result.metrics["epoch"] == 2
-    assert result.metrics["start_step"] == steps_per_epoch
-    assert result.metrics["step"] == 2 * steps_per_epoch
-    checkpoint = Path(result.checkpoint.path)
+    killed = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "killed")
+    assert killed.metrics["epoch"] == 2
+    assert killed.metrics["start_step"] == 12  # the step checkpoint before the kill
+    assert killed.metrics["step"] == 20
+    checkpoint = Path(killed.checkpoint.path)
     shards = {p.name for p in (checkpoint / "deepspeed").iterdir()}
     assert {
         "zero_pp_rank_0_mp_rank_00_model_states.pt",
         "zero_pp_rank_1_mp_rank_00_model_states.pt",
     } <= shards
-    load_reward_model(checkpoint)
+
+    config, *_ = small_synthetic_fit(tmp_path, every)
+    whole = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "whole")
+    assert whole.metrics["start_step"] == 0
+    resumed = load_reward_model(checkpoint).state_dict()
+    straight = load_reward_model(Path(whole.checkpoint.path)).state_dict()
+    for name, weights in straight.items():
+        torch.testing.assert_close(resumed[name], weights, rtol=0, atol=1e-6, msg=name)
+    # the mid-epoch checkpoints never count as the best epoch
+    assert Path(kept(whole, config.train)[0].path).name == Path(whole.checkpoint.path).name
+
+
+def test_rank_batches_share_each_global_batch_in_order_and_skip_whole_batches(ray_cluster):
+    import pyarrow as pa
+    import ray.data
+
+    from npalign.train.loop import MICRO_BATCHES_PER_CHUNK, rank_batches
+
+    rows = 4 * MICRO_BATCHES_PER_CHUNK + 7  # a chunk of 16 global batches of 4, then 1 and 3 rows
+    dataset = ray.data.from_arrow(pa.table({"episode": list(range(rows))}))
+    shares = [
+        [b["episode"].to_pylist() for b in rank_batches(dataset, 4, rank, 2)] for rank in (0, 1)
+    ]
+    assert shares[0][:2] == [[0, 1], [4, 5]] and shares[1][:2] == [[2, 3], [6, 7]]
+    assert len(shares[0]) == len(shares[1]) == MICRO_BATCHES_PER_CHUNK + 1
+    assert sorted(sum(shares[0] + shares[1], [])) == list(range(rows - 3))
+    skipped = [b["episode"].to_pylist() for b in rank_batches(dataset, 4, 1, 2, skip=15)]
+    assert skipped == [[62, 63], [66, 67]]
 
 
 def test_training_stops_when_the_validation_loss_stops_falling(ray_cluster, tmp_path):

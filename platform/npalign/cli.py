@@ -13,10 +13,11 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from npalign.config import ConfigError, load_config
 from npalign.data.preferences import PreferenceDataError
+from npalign.recipes.outline import Recipe, resume_recipe, run_recipe
 from npalign.registry import Registry
 
 T = TypeVar("T")
@@ -53,15 +54,29 @@ def run_checked(run: Callable[[], T]) -> T | None:
         return None
 
 
-def run_job(doc: str, argv: list[str] | None, schema: type, run: Callable[[Any], Any]) -> int:
-    """Parse, validate into `schema`, call `run(config)` (which returns a recipe's Run) and print
-    its tables and folder."""
+def run_job(doc: str, argv: list[str] | None, recipe: Recipe) -> int:
+    """`--config FILE [key=value ...]` runs `recipe` on a new run folder, `--resume FOLDER` goes
+    on with an interrupted one; prints its tables and folder."""
     parser = job_parser(doc)
-    parser.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
+    start.add_argument(
+        "--resume",
+        type=Path,
+        help="the run folder of an interrupted run: finished fits are kept, an interrupted one "
+        "goes on from its latest checkpoint (its config.yaml is used as it is)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4")
     args = parser.parse_args(argv)
+    if args.resume and args.overrides:
+        parser.error("--resume takes no overrides: the run goes on with its own config.yaml")
 
-    result = run_checked(lambda: run(load_config(args.config, args.overrides, schema)))
+    def run():
+        if args.resume:
+            return resume_recipe(args.resume, recipe)
+        return run_recipe(load_config(args.config, args.overrides, recipe.schema), recipe)
+
+    result = run_checked(run)
     if result is None:
         return 2
     print(result.report)

@@ -255,6 +255,9 @@ class TrainConfig(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     bf16: bool | Literal["auto"] = "auto"
     batch_size: int = Field(64, gt=0, description="episodes per step, summed over workers")
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="micro-batches per step on each worker (batch_size is per step)"
+    )
     epochs: int = Field(3, gt=0)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up, then cosine")
@@ -268,11 +271,27 @@ class TrainConfig(Strict):
     patience: int | None = Field(
         None, gt=0, description="stop after this many epochs without a lower val_nll"
     )
-    max_failures: int = Field(1, ge=0)
+    checkpoint_every_steps: int | None = Field(
+        None,
+        gt=0,
+        description="also checkpoint every N steps within an epoch: a restarted worker group "
+        "resumes there, on the batches it had not reached",
+    )
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from the checkpoint")
     seed: int = 0
-    # Failure drill: raise once, right after the checkpoint of this epoch is saved, to exercise
-    # FailureConfig and resume-from-checkpoint. Never set in normal runs.
-    fail_after_epoch: int | None = None
+    # Failure drill: rank 0's process is killed (SIGKILL) when this step is reached in a run
+    # that did not resume, to exercise FailureConfig and the resume. Never set in normal runs.
+    fail_at_step: int | None = None
+
+    @model_validator(mode="after")
+    def _batch_divides(self):
+        parts = self.num_workers * self.gradient_accumulation_steps
+        if self.batch_size % parts:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must divide into num_workers x "
+                f"gradient_accumulation_steps ({parts}) micro-batches"
+            )
+        return self
 
 
 class EvalConfig(Strict):

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from npalign.config import ORACLE, EvalConfig
+from npalign.config import ORACLE, ConfigError, EvalConfig
 from npalign.data.episodes import sample_train_val, write_episodes
 from npalign.data.preferences import PairTable, write_pairs
 from npalign.data.sequences import TokenizedPairs
@@ -37,6 +37,8 @@ from npalign.files import new_run_folder, write_json, write_text
 from npalign.registry import DATA_SOURCES, Registry
 
 log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -167,11 +169,54 @@ def fit_oracle(job, recipe: Recipe, splits: Splits, folder: Path) -> dict:
     for user_type in sorted(set(splits.pairs["train"].user_type)):
         typed = splits.select_type(user_type)
         name = f"{ORACLE}-{user_type}"
-        files = write_episodes(sample_train_val(job.data, typed.pairs), folder / "episodes" / name)
-        per_type[user_type] = fit_and_evaluate(
-            job, recipe, recipe.oracle_model, typed, files, folder, name
+        per_type[user_type] = finished_or_fit(
+            folder,
+            name,
+            lambda typed=typed, name=name: fit_and_evaluate(
+                job,
+                recipe,
+                recipe.oracle_model,
+                typed,
+                oracle_episodes(job, typed, folder, name),
+                folder,
+                name,
+            ),
         )
     return oracle_result(job, per_type)
+
+
+def oracle_episodes(job, typed: Splits, folder: Path, name: str) -> dict[str, Path]:
+    """One type's train and val episodes, written once (a resumed run trains on the same)."""
+    files = {split: folder / "episodes" / name / f"{split}.parquet" for split in ("train", "val")}
+    if all(path.exists() for path in files.values()):
+        return files
+    return write_episodes(sample_train_val(job.data, typed.pairs), folder / "episodes" / name)
+
+
+RESULTS_DIR = "results"  # one JSON per finished fit: what a resumed run does not redo
+
+
+def by_context_size(result: dict) -> dict:
+    """A result read back from JSON, its accuracies keyed by context size (int) again."""
+    out = dict(result)
+    out["average"] = {int(m): v for m, v in result["average"].items()}
+    out["by_type"] = {
+        user_type: {int(m): v for m, v in by_m.items()}
+        for user_type, by_m in result["by_type"].items()
+    }
+    return out
+
+
+def finished_or_fit(folder: Path, name: str, fit: Callable[[], dict]) -> dict:
+    """The result of fit `name` of the run in `folder`: read back if an earlier attempt finished
+    it, else `fit()`, saved at once."""
+    path = folder / RESULTS_DIR / f"{name}.json"
+    if path.exists():
+        log.info("%s: finished before, not run again (%s)", name, path)
+        return by_context_size(json.loads(path.read_text()))
+    result = fit()
+    write_json(path, result)
+    return result
 
 
 def rescore_run(job, recipe: Recipe, folder: Path) -> Run:
@@ -213,18 +258,43 @@ def run_recipe(job, recipe: Recipe) -> Run:
     job, earlier = recipe.prepare(job)
 
     folder = new_run_folder(job.run.output_dir, job.run.name)
-    write_text(folder / "config.yaml", config_yaml(job))
+    write_text(folder / CONFIG_FILE, config_yaml(job))
     for split, pairs in splits.pairs.items():
         write_pairs(pairs, folder / "data" / f"{split}.parquet")
-    files = write_episodes(episodes, folder / "episodes")
+    write_episodes(episodes, folder / "episodes")
     log.info("run folder: %s", folder)
+    return fit_all(job, recipe, splits, folder, earlier)
 
+
+def resume_recipe(folder: Path, recipe: Recipe) -> Run:
+    """Go on with an interrupted run in its own folder: its config.yaml (with what the recipe
+    ran first already filled in) and episodes; finished fits are read back, an interrupted fit
+    resumes from its latest checkpoint, the rest run."""
+    from npalign.config import load_config
+
+    if not (folder / CONFIG_FILE).exists() or not (folder / "episodes").is_dir():
+        raise ConfigError(f"{folder}: not a run folder (no {CONFIG_FILE} or episodes/)")
+    job = load_config(folder / CONFIG_FILE, schema=recipe.schema)
+    log.info("resuming run %s", folder)
+    return fit_all(job, recipe, recipe.load(job), folder, {})
+
+
+def fit_all(job, recipe: Recipe, splits: Splits, folder: Path, earlier: dict[str, Run]) -> Run:
+    """Every model of `job` fitted (or read back) and scored, then metrics.json, table.txt and
+    the plot."""
+    files = {split: folder / "episodes" / f"{split}.parquet" for split in ("train", "val")}
     results = {}
     for model in job.models:
         if model == ORACLE:
             results[model] = fit_oracle(job, recipe, splits, folder)
         else:
-            results[model] = fit_and_evaluate(job, recipe, model, splits, files, folder, model)
+            results[model] = finished_or_fit(
+                folder,
+                model,
+                lambda model=model: fit_and_evaluate(
+                    job, recipe, model, splits, files, folder, model
+                ),
+            )
 
     reference = limit_reference(job, splits.pairs[job.eval.split])
     sizes = job.eval.context_sizes

@@ -18,13 +18,15 @@ def use_bf16(config: TrainConfig) -> bool:
 
 
 def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
-    if config.batch_size % world_size:
+    accumulation = config.gradient_accumulation_steps
+    if config.batch_size % (world_size * accumulation):
         raise ValueError(
-            f"train.batch_size ({config.batch_size}) must divide evenly over {world_size} workers"
+            f"train.batch_size ({config.batch_size}) must divide evenly over {world_size} workers "
+            f"x {accumulation} micro-batches"
         )
     return {
-        "train_micro_batch_size_per_gpu": config.batch_size // world_size,
-        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": config.batch_size // (world_size * accumulation),
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": config.grad_clip,
         "zero_optimization": {
             "stage": config.zero_stage,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import tempfile
 import time
 import warnings
@@ -59,6 +61,7 @@ class Task(Protocol):
 
 
 SELECTION_METRIC = "val_nll"  # lower is better; both tasks report it
+HISTORY = SELECTION_METRIC + "_by_epoch"  # a checkpoint's state: the whole validation curve
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int = 0):
@@ -94,7 +97,7 @@ def val_by_epoch(result: ray.train.Result) -> dict[int, float]:
         return {}
     with result.checkpoint.as_directory() as folder:
         state = json.loads((Path(folder) / STATE_FILE).read_text())
-    history = state.get(SELECTION_METRIC + "_by_epoch", [])
+    history = state[HISTORY]
     return {epoch: float(v) for epoch, v in enumerate(history, start=1)}
 
 
@@ -129,8 +132,8 @@ def build_engine(task: Task, config: TrainConfig, total_steps: int, world: int):
 
 
 # Episode rows (pair indices) are small, so the loop asks Ray Data for chunks of this many
-# micro-batches and slices them itself (zero-copy). Ray Data's iterator spends Python time on
-# every batch it hands out, in threads that hold the GIL while the training thread waits for it;
+# batches and slices them itself (zero-copy). Ray Data's iterator spends Python time on every
+# batch it hands out, in threads that hold the GIL while the training thread waits for it;
 # chunking pays that once per chunk.
 MICRO_BATCHES_PER_CHUNK = 16
 
@@ -145,6 +148,25 @@ def micro_batches(shard, micro_batch: int, drop_last: bool) -> Iterator[pa.Table
             rows = chunk.slice(start, micro_batch)
             if rows.num_rows == micro_batch or not drop_last:
                 yield rows
+
+
+def rank_batches(
+    dataset, batch_size: int, rank: int, world: int, skip: int = 0
+) -> Iterator[pa.Table]:
+    """This rank's share (batch_size / world rows) of every whole global batch of `dataset`,
+    in the file's order, from global batch `skip` on. Every rank reads every row (episode rows
+    are a few integers each), so which rows make step s is fixed by the file alone: a restart
+    skips exactly the batches already trained on and sees the rest in the same order."""
+    share = batch_size // world
+    chunks = dataset.iter_batches(
+        batch_size=batch_size * MICRO_BATCHES_PER_CHUNK, batch_format="pyarrow"
+    )
+    index = 0
+    for chunk in chunks:
+        for start in range(0, chunk.num_rows - batch_size + 1, batch_size):
+            if index >= skip:
+                yield chunk.slice(start + rank * share, share)
+            index += 1
 
 
 def _validate(engine, task: Task, shard, micro_batch: int, step: int, device, dtype) -> dict:
@@ -166,6 +188,38 @@ def _validate(engine, task: Task, shard, micro_batch: int, step: int, device, dt
     return {f"val_{n}": (totals[i] / totals[-1]).item() for i, n in enumerate(names)}
 
 
+def save_checkpoint(engine, task: Task, rank: int, state: dict, metrics: dict) -> None:
+    """Every rank's ZeRO shard, rank 0's trained weights and `state` (where to resume), reported
+    to Ray Train, which merges the ranks' folders into one checkpoint."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(folder, tag=DEEPSPEED_TAG, client_state=state)
+        weights = trained_state_dict(engine)
+        if rank == 0:
+            task.save(Path(folder), weights)
+            write_json(Path(folder) / STATE_FILE, {**state, "metrics": metrics})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def resume_point(state: dict, steps_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batches of it already trained) where a checkpoint's run goes on."""
+    epoch, done = state["epoch"], state.get("epoch_step", steps_per_epoch)
+    return (epoch + 1, 0) if done >= steps_per_epoch else (epoch, done)
+
+
+DRILL_WAIT_S = 5.0
+
+
+def failure_drill(config: TrainConfig, step: int, rank: int, resumed: bool) -> None:
+    """`train.fail_at_step`: rank 0's process is killed outright at that step, as a lost node
+    would be (no exception, no clean-up), once: a restarted run has a checkpoint. It waits out
+    one poll of Ray Train's controller first (every 2 s by default): a checkpoint reported since
+    the last poll is not yet registered, and a restart would go back to the one before."""
+    if config.fail_at_step == step and rank == 0 and not resumed:
+        log.warning("failure drill: killing this worker at step %d", step)
+        time.sleep(DRILL_WAIT_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # DeepSpeed's ZeRO calls a torch collective that torch 2.13 marks deprecated, every step.
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
@@ -173,7 +227,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config = TrainConfig.model_validate(loop_config["train"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    micro_batch = config.batch_size // world
+    accumulation = config.gradient_accumulation_steps
+    micro_batch = config.batch_size // (world * accumulation)
     steps_per_epoch = loop_config["train_episodes"] // config.batch_size
     device = ray.train.torch.get_device()
     dtype = torch.bfloat16 if use_bf16(config) else torch.float32
@@ -181,61 +236,69 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     engine, scheduler = build_engine(task, config, steps_per_epoch * config.epochs, world)
 
-    start_epoch, step, val_history = 1, 0, []
+    start_epoch, skip, step, val_history = 1, 0, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             _, state = engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        val_history = state.get("val_history", [])
+        start_epoch, skip = resume_point(state, steps_per_epoch)
+        step, val_history = state["step"], state[HISTORY]
         if rank == 0:
-            log.info("resumed from %s at epoch %d, step %d", checkpoint.path, state["epoch"], step)
+            log.info("resumed from %s at step %d (epoch %d)", checkpoint.path, step, start_epoch)
 
     start_step = step
-    train_shard = ray.train.get_dataset_shard("train")
+    train_data = ray.train.get_dataset_shard("train")  # every rank: the whole file, in order
     val_shard = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, config.epochs + 1):
         engine.train()
         losses = []
         bar = (
-            tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}")
+            tqdm(total=steps_per_epoch - skip, desc=f"epoch {epoch}/{config.epochs}")
             if rank == 0
             else None
         )
         start = time.perf_counter()
         data_wait = 0.0  # time blocked on Ray Data: a high share means the input is the bottleneck
         first_batch_wait = 0.0  # Ray Data starts the epoch's pipeline (read tasks) on demand
-        rows_iter = micro_batches(train_shard, micro_batch, drop_last=True)
-        while True:
+        batches = rank_batches(train_data, config.batch_size, rank, world, skip)
+        for epoch_step in range(skip + 1, steps_per_epoch + 1):
+            failure_drill(config, step, rank, checkpoint is not None)
             waited = time.perf_counter()
-            rows = next(rows_iter, None)
+            rows = next(batches)
             wait = time.perf_counter() - waited
             data_wait += wait
             if not losses:
                 first_batch_wait = wait
-            if rows is None:
-                break
-            batch = task.collate(rows, "train").to(device, dtype)
-            loss, _ = task.loss(engine, batch, step)
-            engine.backward(loss)
-            engine.step()
+            # DeepSpeed sums the micro-batches' gradients and steps the optimizer on the last.
+            for part in range(accumulation):
+                batch = task.collate(rows.slice(part * micro_batch, micro_batch), "train")
+                loss, _ = task.loss(engine, batch.to(device, dtype), step)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.detach().float())
             step += 1
-            losses.append(loss.detach().float())
             if bar:
                 bar.update(1)
+            every = config.checkpoint_every_steps
+            if every and step % every == 0 and epoch_step < steps_per_epoch:
+                # Mid-epoch: no validation; an infinite val_nll keeps it out of the best ones.
+                state = {"epoch": epoch, "epoch_step": epoch_step, "step": step}
+                mean_loss = torch.stack(losses).mean().item()
+                metrics = {**state, "train_loss": mean_loss, SELECTION_METRIC: math.inf}
+                save_checkpoint(engine, task, rank, state | {HISTORY: val_history}, metrics)
+        skip = 0
         train_seconds = time.perf_counter() - start
         if bar:
             bar.close()
+        trained = len(losses) // accumulation * config.batch_size
         metrics = {
             "epoch": epoch,
             "step": step,
             "start_step": start_step,  # > 0 when this run resumed from a checkpoint
             "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
-            "train_episodes_per_s": len(losses) * config.batch_size / train_seconds,
+            "train_episodes_per_s": trained / train_seconds,
             # The same once the epoch's first batch has arrived: the rate a longer epoch tends to.
-            "steady_episodes_per_s": len(losses)
-            * config.batch_size
-            / max(train_seconds - first_batch_wait, 1e-9),
+            "steady_episodes_per_s": trained / max(train_seconds - first_batch_wait, 1e-9),
             "first_batch_s": first_batch_wait,
             "data_wait_share": data_wait / train_seconds,
             "lr": scheduler.get_last_lr()[0],
@@ -245,25 +308,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["epochs_without_improvement"] = epochs_without_improvement(val_history)
         if rank == 0:
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
-
-        with tempfile.TemporaryDirectory() as folder:
-            # Every rank writes its own ZeRO shard; Ray merges the ranks' folders into one.
-            client_state = {"epoch": epoch, "step": step, "val_history": val_history}
-            engine.save_checkpoint(folder, tag=DEEPSPEED_TAG, client_state=client_state)
-            weights = trained_state_dict(engine)
-            if rank == 0:
-                task.save(Path(folder), weights)
-                state = {
-                    "epoch": epoch,
-                    "step": step,
-                    "metrics": metrics,
-                    SELECTION_METRIC + "_by_epoch": val_history,
-                }
-                write_json(Path(folder) / STATE_FILE, state)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-        if config.fail_after_epoch == epoch and checkpoint is None:
-            raise RuntimeError(f"failure drill: train.fail_after_epoch={epoch}")
+        state = {"epoch": epoch, "epoch_step": steps_per_epoch, "step": step}
+        save_checkpoint(engine, task, rank, state | {HISTORY: val_history}, metrics)
         # Every rank has the same (all-reduced) validation metrics, so all stop together.
         if config.patience and metrics["epochs_without_improvement"] >= config.patience:
             if rank == 0:
@@ -279,6 +325,14 @@ def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
     return ray.train.ScalingConfig(
         num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
     )
+
+
+def ordered_train_data() -> ray.train.DataConfig:
+    """Train episodes whole to every worker, in the file's order (`rank_batches` takes each
+    rank's share): a resumed run trains on the very batches it had not reached. Validation is
+    split among the workers as usual (its metrics are sums)."""
+    options = ray.data.ExecutionOptions(preserve_order=True)
+    return ray.train.DataConfig(datasets_to_split=["val"], execution_options={"train": options})
 
 
 def fit_task(
@@ -320,6 +374,7 @@ def fit_task(
             split: ray.data.read_parquet(str(episodes[split].resolve()))
             for split in ("train", "val")
         },
+        dataset_config=ordered_train_data(),
     )
     log.info("training %s on %d workers (ZeRO-%d)", name, train.num_workers, train.zero_stage)
     try:
