@@ -42,6 +42,37 @@ def test_missing_file_and_bad_override(tmp_path):
         load_config(None, ["train.lr"])
 
 
+def test_deepspeed_settings_pass_through_and_wrong_ones_fail_before_any_run():
+    from npalign.train.deepspeed import check_deepspeed_config
+
+    config = load_config(
+        None,
+        [
+            "train.zero_stage=3",
+            "train.offload=optimizer_and_params",
+            "train.gradient_accumulation_steps=4",
+            "train.deepspeed={zero_optimization: {stage3_max_live_parameters: 1000}}",
+        ],
+    )
+    built = check_deepspeed_config(config.train)
+    zero = built["zero_optimization"]
+    assert zero["stage3_max_live_parameters"] == 1000 and zero["stage"] == 3
+    assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    assert built["train_micro_batch_size_per_gpu"] == 64 // (2 * 4)
+
+    typo = config.train.model_copy(
+        update={"deepspeed": {"zero_optimization": {"stage3_max_live_paramters": 1}}}
+    )
+    with pytest.raises(ConfigError, match="(?s)train.deepspeed.*stage3_max_live_paramters"):
+        check_deepspeed_config(typo)
+    with pytest.raises(ConfigError, match="batch sizes come from train"):
+        load_config(None, ["train.deepspeed={train_batch_size: 8}"])
+    with pytest.raises(ConfigError, match="needs zero_stage 3"):
+        load_config(None, ["train.offload=optimizer_and_params"])
+    with pytest.raises(ConfigError, match="num_workers x gradient_accumulation_steps"):
+        load_config(None, ["train.batch_size=6", "train.gradient_accumulation_steps=2"])
+
+
 def test_an_endpoint_reachable_from_other_machines_needs_tokens(monkeypatch):
     from npalign.config import ServeConfig
 

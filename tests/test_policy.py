@@ -378,3 +378,103 @@ def test_the_export_loads_with_plain_transformers_and_peft(tmp_path, smol_checkp
     assert "LoRA rank 4" in (out / "README.md").read_text()
     with pytest.raises(FileExistsError):
         load_job("export_policy").main([str(smol_checkpoint_folder), "--out", str(out)])
+
+
+def test_activation_checkpointing_gives_the_same_gradients_film_included():
+    """The blocks are recomputed in backward; FiLM(z) must act the same there (its hook runs
+    outside the recomputed part), so every trained gradient is unchanged."""
+    from npalign.config import PolicyConfig
+    from npalign.models.policy import steerable, transformer_blocks
+
+    grads = []
+    for checkpointing in (False, True):
+        config = PolicyConfig(
+            hidden_dim=16, latent_dim=LATENT, lora_rank=4, gradient_checkpointing=checkpointing
+        )
+        torch.manual_seed(0)
+        policy = steerable(tiny_lm(), config, feature_dim=16).train()
+        blocks = transformer_blocks(policy.lm)
+        assert all(block.gradient_checkpointing == checkpointing for block in blocks)
+        perturb(policy)
+        torch.manual_seed(2)
+        ids = torch.randint(3, 64, (2, 10))
+        context = torch.randn(2, 3, 16), torch.randn(2, 3, 16), torch.ones(2, 3)
+        z = policy.latent(*context)
+        logits = policy.logits(ids, torch.ones_like(ids), z)
+        logits.logsumexp(-1).sum().backward()
+        grads.append(
+            {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        )
+    assert set(grads[0]) == set(grads[1])
+    assert any(n.startswith("film.") for n in grads[0]) and any("lora_" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+def test_all_linear_lora_adapts_every_linear_layer_but_the_head():
+    from npalign.config import PolicyConfig
+    from npalign.models.policy import steerable
+
+    config = PolicyConfig(hidden_dim=16, latent_dim=LATENT, lora_targets="all-linear")
+    policy = steerable(tiny_lm(), config, feature_dim=16)
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in policy.named_parameters()}
+    linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert linear <= adapted and "lm_head" not in adapted
+
+
+def test_a_bfloat16_lm_runs_with_float32_film_and_encoder():
+    lm = tiny_lm().to(torch.bfloat16)
+    policy = SteerablePolicy(lm, ContextEncoder(16, 32, LATENT), LATENT).eval()
+    perturb(policy)
+    ids = torch.randint(3, 64, (2, 10))
+    z = policy.latent(torch.randn(2, 3, 16), torch.randn(2, 3, 16), torch.ones(2, 3))
+    assert policy.film[0].gamma.weight.dtype == torch.float32
+    logits = policy.logits(ids, torch.ones_like(ids), z)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    unconditioned = policy.logits(ids, torch.ones_like(ids), None)
+    assert not torch.equal(logits, unconditioned)
+
+
+def test_the_1p5b_config_builds_on_the_meta_device_and_its_zero3_shards_fit_8_gpus():
+    """configs/steer_policy_1p5b.yaml on Qwen2.5-1.5B-Instruct's architecture (its published
+    config; the weights cannot be downloaded here), built without memory on the meta device:
+    the trained part is LoRA on every linear layer + FiLM + encoder, and under ZeRO-3 on 8 GPUs
+    each holds a small share of the weights and optimizer state."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from npalign.config import PolicyJobConfig, load_config
+    from npalign.models.policy import steerable, transformer_blocks
+    from npalign.train.deepspeed import check_deepspeed_config
+
+    job = load_config("configs/steer_policy_1p5b.yaml", schema=PolicyJobConfig)
+    qwen = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(qwen, dtype=torch.bfloat16)
+        policy = steerable(lm, job.policy, feature_dim=384)
+    assert len(policy.film) == len(transformer_blocks(policy.lm)) == 28
+    assert all(block.gradient_checkpointing for block in transformer_blocks(policy.lm))
+    frozen = sum(p.numel() for p in policy.parameters() if not p.requires_grad)
+    trained = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    assert 1.5e9 < frozen < 1.6e9  # Qwen2.5-1.5B: 1.54 B parameters
+    # rank-128 LoRA on 7 projections x 28 blocks (148 M), FiLM (2 x 256 x 1536 x 28: 22 M), encoder
+    assert 160e6 < trained < 180e6
+
+    ds = check_deepspeed_config(job.train)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
+    workers = job.train.num_workers
+    micro = ds["train_micro_batch_size_per_gpu"]
+    assert micro * ds["gradient_accumulation_steps"] * workers == job.train.batch_size
+    # ZeRO-3 shards: bf16 weights (2 bytes) for all, fp32 master + Adam moments (12 bytes) and a
+    # bf16 gradient (2 bytes) for the trained part
+    per_gpu_gb = (2 * (frozen + trained) + 14 * trained) / workers / 1e9
+    assert per_gpu_gb < 1.5

@@ -320,6 +320,8 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
             "models=[npdpo]",
             "train.epochs=2",
             "train.lr=3e-4",
+            "train.gradient_accumulation_steps=2",  # 2 workers x 2 micro-batches of 1 episode
+            "policy.gradient_checkpointing=true",
             "eval.context_sizes=[0,3]",
             "eval.num_episodes=8",
         ],

@@ -253,6 +253,16 @@ class TrainConfig(Strict):
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool | Literal["auto"] = "auto"
     zero_stage: Literal[0, 1, 2, 3] = 2
+    offload: Literal["none", "optimizer", "optimizer_and_params"] = Field(
+        "none",
+        description="ZeRO-Offload to CPU memory: the optimizer state (ZeRO >= 1), and the "
+        "parameters as well (ZeRO-3)",
+    )
+    deepspeed: dict[str, Any] = Field(
+        default_factory=dict,
+        description="DeepSpeed settings merged over the ones built from train.* (e.g. "
+        "zero_optimization: {stage3_max_live_parameters: 1.0e8}); batch sizes come from train.*",
+    )
     bf16: bool | Literal["auto"] = "auto"
     batch_size: int = Field(64, gt=0, description="episodes per step, summed over workers")
     gradient_accumulation_steps: int = Field(
@@ -282,6 +292,21 @@ class TrainConfig(Strict):
     # Failure drill: rank 0's process is killed (SIGKILL) when this step is reached in a run
     # that did not resume, to exercise FailureConfig and the resume. Never set in normal runs.
     fail_at_step: int | None = None
+
+    @model_validator(mode="after")
+    def _offload_stage(self):
+        if self.offload == "optimizer_and_params" and self.zero_stage != 3:
+            raise ValueError("offload optimizer_and_params needs zero_stage 3")
+        if self.offload == "optimizer" and self.zero_stage == 0:
+            raise ValueError("offload optimizer needs zero_stage 1, 2 or 3")
+        batch_keys = {"train_batch_size", "train_micro_batch_size_per_gpu"}
+        batch_keys |= {"gradient_accumulation_steps"}
+        if batch_keys & set(self.deepspeed):
+            raise ValueError(
+                "deepspeed: batch sizes come from train.batch_size, num_workers and "
+                "gradient_accumulation_steps"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_divides(self):
@@ -348,7 +373,19 @@ class PolicyConfig(Strict):
     lora_rank: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(["q_proj", "v_proj"], min_length=1)
+    lora_targets: list[str] | Literal["all-linear"] = Field(
+        ["q_proj", "v_proj"],
+        min_length=1,
+        description="module names, or 'all-linear' (every linear layer but the output head)",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="the base LM's weights: auto = bfloat16 on GPUs that support it, else "
+        "float32 (CPUs); LoRA, FiLM and the encoder keep float32 weights outside DeepSpeed",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each block's activations in backward (long sequences)"
+    )
     hidden_dim: int = Field(256, gt=0, description="context encoder width")
     latent_dim: int = Field(64, gt=0)
     aggregation: Literal["mean", "attention"] = "mean"

@@ -48,9 +48,11 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.beta.weight)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """h: (batch, tokens, width), z: (batch, latent); each row scaled by its own z."""
-        z = z.to(h.dtype)
-        return (1 + self.gamma(z))[:, None, :] * h + self.beta(z)[:, None, :]
+        """h: (batch, tokens, width), z: (batch, latent); each row scaled by its own z. The maps
+        run in their weights' dtype (a bfloat16 LM may carry float32 FiLM weights)."""
+        z = z.to(self.gamma.weight.dtype)
+        gamma, beta = (self.gamma(z).to(h.dtype), self.beta(z).to(h.dtype))
+        return (1 + gamma)[:, None, :] * h + beta[:, None, :]
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
@@ -68,7 +70,7 @@ class LoraSettings:
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    target_modules: tuple[str, ...] | str = ("q_proj", "v_proj")  # or "all-linear"
 
 
 @dataclass
@@ -101,7 +103,11 @@ class SteerablePolicy(nn.Module):
                 r=lora.rank,
                 lora_alpha=lora.alpha,
                 lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules),
+                target_modules=(
+                    lora.target_modules
+                    if isinstance(lora.target_modules, str)
+                    else list(lora.target_modules)
+                ),
                 task_type="CAUSAL_LM",
             ),
         )
@@ -300,9 +306,17 @@ def truncate_blocks(lm: nn.Module, num_layers: int) -> None:
         lm.config.layer_types = lm.config.layer_types[:num_layers]
 
 
+def base_dtype(name: str) -> torch.dtype:
+    """`policy.dtype` as a torch dtype ("auto": bfloat16 on a GPU that supports it)."""
+    if name == "auto":
+        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if gpu_bf16 else torch.float32
+    return getattr(torch, name)
+
+
 def build_policy(config: PolicyConfig, feature_dim: int, use_latent: bool = True):
-    """(policy, tokenizer). Without the latent (plain DPO baselines) the encoder and FiLM are
-    frozen: only LoRA trains."""
+    """(policy, tokenizer) from `config.base`'s weights. Without the latent (plain DPO
+    baselines) the encoder and FiLM are frozen: only LoRA trains."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from npalign.pretrained import model_path
@@ -311,9 +325,21 @@ def build_policy(config: PolicyConfig, feature_dim: int, use_latent: bool = True
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=base_dtype(config.dtype))
+    return steerable(lm, config, feature_dim, use_latent), tokenizer
+
+
+def steerable(
+    lm: nn.Module, config: PolicyConfig, feature_dim: int, use_latent: bool = True
+) -> SteerablePolicy:
+    """Any HF causal LM (loaded, or built on the meta device to size a configuration) made the
+    policy of `config`: blocks truncated, activation checkpointing, context encoder, LoRA, FiLM."""
     if config.num_layers:
         truncate_blocks(lm, config.num_layers)
+    if config.gradient_checkpointing:
+        # transformers checkpoints each block's forward, not its call: the FiLM hooks run once,
+        # outside the recomputed part, with the z of the forward pass.
+        lm.activation_checkpointing_enable()
     encoder = ContextEncoder(
         feature_dim,
         config.hidden_dim,
@@ -326,14 +352,18 @@ def build_policy(config: PolicyConfig, feature_dim: int, use_latent: bool = True
 
         reward = load_reward_model(Path(config.encoder_init))
         encoder.load_state_dict(reward.context_encoder.state_dict())  # strict: dims must match
+    targets = config.lora_targets
     lora = LoraSettings(
-        config.lora_rank, config.lora_alpha, config.lora_dropout, tuple(config.lora_targets)
+        config.lora_rank,
+        config.lora_alpha,
+        config.lora_dropout,
+        targets if isinstance(targets, str) else tuple(targets),
     )
     policy = SteerablePolicy(lm, encoder, config.latent_dim, lora)
     if not use_latent:
         for p in [*policy.encoder.parameters(), *policy.film.parameters()]:
             p.requires_grad_(False)
-    return policy, tokenizer
+    return policy
 
 
 def trainable_state(policy: nn.Module) -> set[str]:

@@ -248,6 +248,8 @@ def rescore_run(job, recipe: Recipe, folder: Path) -> Run:
 
 def run_recipe(job, recipe: Recipe) -> Run:
     """The whole outline for `job` (a `recipe.schema` config)."""
+    from npalign.train.deepspeed import check_deepspeed_config  # DeepSpeed: loaded to train
+
     splits = recipe.load(job)
     # Sample every episode before anything runs: a context size that a user cannot fill raises
     # here, before what the recipe runs first and before the run folder.
@@ -255,6 +257,7 @@ def run_recipe(job, recipe: Recipe) -> Run:
     evaluation_episodes(
         splits.pairs[job.eval.split], job.eval.context_sizes, 1, job.data.num_targets, job.eval.seed
     )
+    check_deepspeed_config(job.train)
     job, earlier = recipe.prepare(job)
 
     folder = new_run_folder(job.run.output_dir, job.run.name)
