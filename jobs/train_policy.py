@@ -1,7 +1,7 @@
 """Train steerable policies (NP-DPO, pooled DPO, per-type oracle DPO) and score them.
 
   python jobs/train_policy.py --config configs/steer_policy.yaml [key=value ...]
-  ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+  python jobs/submit.py --address http://127.0.0.1:8265 -- \\
       python jobs/train_policy.py --config configs/steer_policy.yaml
 
 The policy is an HF causal LM (policy.base: 'smollm2', the packaged SmolLM2-135M-Instruct, or
@@ -13,6 +13,10 @@ pairs first and starts z's encoder. Overrides, e.g.:
   policy.encoder_init=RUN/checkpoints/npbtl/checkpoint_...   (an NP-BTL trained before)
 `models` holds registered policies and `oracle` (one DPO per user type); `data.source` a
 registered source of text preference tables (both listed at the end).
+
+`jobs/submit.py` ships this checkout's library to every node of the cluster (as `ray job submit
+--working-dir .` would the entrypoint alone); `--resume RUN_FOLDER` goes on with an interrupted
+run in its own folder.
 
 Prints the implicit-reward accuracy per user type vs context size (targets never in the context)
 and the run folder holding metrics.json, table.txt, implicit_accuracy.png and the checkpoints

@@ -1,7 +1,7 @@
 """Train reward models (BTL, DPL, NP-BTL) through Ray Train + DeepSpeed and evaluate them.
 
   python jobs/train_reward.py --config configs/synthetic.yaml [key=value ...]
-  ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+  python jobs/submit.py --address http://127.0.0.1:8265 -- \\
       python jobs/train_reward.py --config configs/synthetic.yaml
 
 Overrides use dotted keys into the config, e.g.:
@@ -9,6 +9,10 @@ Overrides use dotted keys into the config, e.g.:
   data.source=parquet data.path=/data/prefs   (a folder with train/val/test.parquet)
 `models` holds registered reward models and `oracle` (one BTL per user type); `data.source` a
 registered data source (both listed at the end).
+
+`jobs/submit.py` ships this checkout's library to every node of the cluster (as `ray job submit
+--working-dir .` would the entrypoint alone); `--resume RUN_FOLDER` goes on with an interrupted
+run in its own folder.
 
 Prints the accuracy-vs-context table and the run folder holding metrics.json, table.txt,
 accuracy.png and the checkpoints.

@@ -39,7 +39,8 @@ def ray_nodes():
             "temp_dir": os.path.join(temp_dir, "ray"),
         },
     )
-    ray.init(address=nodes.address, log_to_driver=False)
+    context = ray.init(address=nodes.address, log_to_driver=False)
+    nodes.dashboard_url = f"http://{context.dashboard_url}"  # the job server, for ray job submit
     yield nodes
     ray.shutdown()
     nodes.shutdown()

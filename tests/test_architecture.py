@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "platform" / "npalign"
 # Lowest first. A unit is a top-level module or a subpackage of npalign.
 LAYERS = [
-    {"files", "registry", "pretrained", "stores", "access"},
+    {"files", "registry", "pretrained", "stores", "access", "runtime_env"},
     {"config"},
     {"data"},
     {"models"},

@@ -116,7 +116,7 @@ def test_help_explains_the_options(flag, capsys):
     with pytest.raises(SystemExit):
         job_main()([flag])
     text = capsys.readouterr().out
-    assert "ray job submit" in text and "key=value" in text
+    assert "jobs/submit.py" in text and "--resume" in text and "key=value" in text
 
 
 @pytest.mark.parametrize("name", ["train_policy", "generate"])

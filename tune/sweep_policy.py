@@ -2,7 +2,7 @@
 
   python tune/sweep_policy.py --config configs/sweep_policy.yaml [key=value ...]
   python tune/sweep_policy.py --resume runs/sweep-policy-20261128-131500
-  ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+  python jobs/submit.py --address http://127.0.0.1:8265 -- \\
       python tune/sweep_policy.py --config configs/sweep_policy.yaml output_dir=/abs/runs
 
 The sweep config names a base policy job config (`base`, e.g. configs/steer_policy.yaml), the

@@ -2,7 +2,7 @@
 
   python tune/sweep_reward.py --config configs/sweep_synthetic.yaml [key=value ...]
   python tune/sweep_reward.py --resume runs/sweep-synthetic-20261128-101500
-  ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+  python jobs/submit.py --address http://127.0.0.1:8265 -- \\
       python tune/sweep_reward.py --config configs/sweep_synthetic.yaml
 
 The sweep config names a base job config (`base`, e.g. configs/synthetic.yaml), the reward model
