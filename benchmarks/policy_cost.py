@@ -1,8 +1,9 @@
 """What NP-DPO costs against the field's tools, side by side on the same model and batch.
 
-- One training step: the policy task's loss inside a DeepSpeed ZeRO-2 engine (one process) vs
-  TRL's DPOTrainer with the same LoRA, model, pairs, lengths, β, SFT weight and lr, each in its
-  own fresh process (median step time, peak RSS).
+- One training step: the policy task's loss inside a DeepSpeed ZeRO-2 engine (one process; on
+  a GPU with nccl and bf16, as training runs there) vs TRL's DPOTrainer with the same LoRA,
+  model, pairs, lengths, β, SFT weight and lr, each in its own fresh process (median step time,
+  tokens/s, peak RSS and, on a GPU, peak GPU memory).
 - Conditioned generation (z from context embeddings + FiLM + LoRA) vs plain HF `generate` of
   the base model: same prompts, same number of new tokens, greedy.
 
@@ -66,28 +67,43 @@ def peak_rss_mib() -> float:
     )
 
 
+def peak_memory(device: torch.device) -> dict:
+    """Peak resident memory of this process, and the GPU's peak allocation when on one."""
+    out = {"peak_rss_mib": peak_rss_mib()}
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
 def cost_worker_npdpo(job: PolicyJobConfig, batch, steps: int) -> dict:
-    """Our training step: the policy task's loss inside a DeepSpeed ZeRO-2 engine (world 1)."""
+    """Our training step: the policy task's loss inside a DeepSpeed ZeRO-2 engine (world 1), on
+    the GPU with nccl and bf16 when there is one (as the training loop), else gloo on CPU."""
     import torch.distributed as dist
 
+    from npalign.models.policy import available_device
+    from npalign.train.deepspeed import use_bf16
     from npalign.train.loop import build_engine
     from npalign.train.policy import PolicyTask
 
+    device = available_device()
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT="29531", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
     )
-    dist.init_process_group("gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     task = PolicyTask(job, batch.context.context_chosen.shape[-1], True, data={})
     engine, _ = build_engine(task, job.train, steps + 1, world=1)
+    batch = batch.to(device, torch.bfloat16 if use_bf16(job.train) else torch.float32)
     times = []
     for step in range(steps + 1):  # the first step warms up
         started = time.perf_counter()
         loss, _ = task.loss(engine, batch, step)
         engine.backward(loss)
         engine.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     dist.destroy_process_group()
-    return {"step_s": float(np.median(times[1:])), "peak_rss_mib": peak_rss_mib()}
+    return {"step_s": float(np.median(times[1:])), **peak_memory(device)}
 
 
 def cost_worker_trl(job: PolicyJobConfig, triples, steps: int) -> dict:
@@ -97,6 +113,7 @@ def cost_worker_trl(job: PolicyJobConfig, triples, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    from npalign.models.policy import available_device, base_dtype
     from npalign.pretrained import model_path
 
     class StepTimer(TrainerCallback):
@@ -106,6 +123,8 @@ def cost_worker_trl(job: PolicyJobConfig, triples, steps: int) -> dict:
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self.started)
 
     p = job.policy
@@ -118,7 +137,8 @@ def cost_worker_trl(job: PolicyJobConfig, triples, steps: int) -> dict:
         }
         for prompt, chosen, rejected in triples
     ]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    device = available_device()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=base_dtype(p.dtype))
     if p.num_layers:  # the same cut-down model as ours
         truncate_blocks(model, p.num_layers)
     timer = StepTimer()
@@ -139,8 +159,8 @@ def cost_worker_trl(job: PolicyJobConfig, triples, steps: int) -> dict:
                 # TRL turns activation checkpointing on by default; our step keeps activations,
                 # so like for like is off.
                 gradient_checkpointing=False,
-                use_cpu=True,
-                bf16=False,
+                use_cpu=device.type == "cpu",
+                bf16=device.type == "cuda",
                 save_strategy="no",
                 report_to=[],
                 logging_steps=10_000,
@@ -154,13 +174,13 @@ def cost_worker_trl(job: PolicyJobConfig, triples, steps: int) -> dict:
                 r=p.lora_rank,
                 lora_alpha=p.lora_alpha,
                 lora_dropout=p.lora_dropout,
-                target_modules=list(p.lora_targets),
+                target_modules=p.lora_targets,
                 task_type="CAUSAL_LM",
             ),
             callbacks=[timer],
         )
         trainer.train()
-    return {"step_s": float(np.median(timer.times[1:])), "peak_rss_mib": peak_rss_mib()}
+    return {"step_s": float(np.median(timer.times[1:])), **peak_memory(device)}
 
 
 def training_cost(job: PolicyJobConfig, config_args: list[str], batch: dict, steps: int) -> dict:
@@ -191,6 +211,9 @@ def training_cost(job: PolicyJobConfig, config_args: list[str], batch: dict, ste
     out["time_ratio"] = out["npdpo"]["step_s"] / out["trl"]["step_s"]
     out["memory_ratio"] = out["npdpo"]["peak_rss_mib"] / out["trl"]["peak_rss_mib"]
     out["sequences_per_step"] = 2 * len(batch["triples"])
+    out["tokens_per_step"] = int(batch["batch"].attention_mask.sum())
+    for side in ("npdpo", "trl"):
+        out[side]["tokens_per_s"] = out["tokens_per_step"] / out[side]["step_s"]
     return out
 
 

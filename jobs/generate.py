@@ -8,7 +8,8 @@
   {"prompt": "...", "chosen": "...", "rejected": "..."}
 --steer-user draws --context pairs labelled by that user type from the steer task's test split
 (the default task), e.g. to compare a concise and a detailed user on the same prompt. With no
-choices at all the policy answers with its "no information" latent.
+choices at all the policy answers with its "no information" latent. On a machine with a GPU the
+policy runs there (bf16 where supported).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from npalign.config import SteerConfig
 from npalign.data.steer import build_steer
 from npalign.data.text import read_text_splits
 from npalign.inference import Choice, embed_choices, generate, user_latents
-from npalign.models.policy import load_policy
+from npalign.models.policy import available_device, load_policy
 
 
 def read_choices(path: str) -> list[Choice]:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        checkpoint = load_policy(Path(args.checkpoint))
+        checkpoint = load_policy(Path(args.checkpoint), available_device())
         if args.choices:
             choices = read_choices(args.choices)
         elif args.steer_user:

@@ -121,3 +121,9 @@ def test_the_endpoint_carries_backpressure_and_pinning_to_serve():
     assert deployment.max_queued_requests == 5
     assert deployment.backpressure_config.retry_after_s == 2
     assert deployment.ray_actor_options["resources"] == {"node_b": 0.1}
+    assert deployment.ray_actor_options["num_gpus"] == 0
+    assert "accelerator_type" not in deployment.ray_actor_options
+
+    on_gpus = ServeConfig(policy="p", gpus_per_replica=0.5, accelerator_type="L4")
+    options = build_app(on_gpus)._bound_deployment.ray_actor_options
+    assert options["num_gpus"] == 0.5 and options["accelerator_type"] == "L4"

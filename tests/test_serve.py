@@ -282,7 +282,8 @@ def test_tokens_scope_each_client_and_the_host_is_checked(endpoint):
     assert requests.post(url + "/generate", json=anonymous, timeout=60).status_code == 401
     wrong = {"Authorization": "Bearer not-a-token-of-this-endpoint"}
     assert requests.get(url + "/users/gina", headers=wrong, timeout=30).status_code == 401
-    assert requests.get(url + "/health", timeout=30).status_code == 200  # no token needed
+    health = requests.get(url + "/health", timeout=30)  # no token needed
+    assert health.status_code == 200 and health.json() == {"status": "ok", "device": "cpu"}
 
     gina = requests.Session()
     gina.headers["Authorization"] = f"Bearer {GINA}"

@@ -576,6 +576,15 @@ class ServeConfig(Strict):
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(4, gt=0)
     cpus_per_replica: float = Field(1, gt=0)
+    gpus_per_replica: float = Field(
+        0,
+        ge=0,
+        description="GPUs per replica (fractions share one); the policy, the context encoder "
+        "and the reward model then run on it, the policy in bf16 where supported",
+    )
+    accelerator_type: str | None = Field(
+        None, description="Ray's accelerator type a replica needs, e.g. H100, A10G, L4"
+    )
     replica_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each replica needs (pinning)"
     )

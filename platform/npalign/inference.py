@@ -82,15 +82,22 @@ def check_reward_model(reward: nn.Module, feature_dim: int, source: str) -> None
         )
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 @torch.no_grad()
 def user_rewards(reward: nn.Module, context: ContextEmbeddings, options: np.ndarray) -> np.ndarray:
     """r(x, y, z) of each candidate (options: (n, dim) features) for the user whose context
     gives z; higher is preferred by that user. (n,)"""
-    mask = torch.ones(1, len(context.chosen), dtype=torch.bool)
-    z = reward.latent(
-        torch.as_tensor(context.chosen)[None], torch.as_tensor(context.rejected)[None], mask
-    ).mean
-    return reward.reward(torch.as_tensor(options)[None], z)[0].numpy()
+    device = device_of(reward)
+    mask = torch.ones(1, len(context.chosen), dtype=torch.bool, device=device)
+    chosen, rejected, options = (
+        torch.as_tensor(e, device=device)[None] for e in (context.chosen, context.rejected, options)
+    )
+    z = reward.latent(chosen, rejected, mask).mean
+    return reward.reward(options, z)[0].cpu().numpy()
 
 
 @dataclass
@@ -151,11 +158,12 @@ def next_question(
     every pair the user has answered, when the model reads only their latest (`context`)."""
     selector = selector or default_selector(reward)
     available = torch.as_tensor(~in_context(answered or context, a, b))[None]
+    device = device_of(reward)
     pool = Pool(
-        *padded_contexts([context], a.shape[1]),
-        torch.as_tensor(a)[None],
-        torch.as_tensor(b)[None],
-        available,
+        *(t.to(device) for t in padded_contexts([context], a.shape[1])),
+        torch.as_tensor(a, device=device)[None],
+        torch.as_tensor(b, device=device)[None],
+        available.to(device),
     )
     index, score = next_questions(reward, pool, selector, torch.Generator().manual_seed(seed))
     found = int(index[0])
@@ -177,7 +185,8 @@ def user_latents(checkpoint: PolicyCheckpoint, contexts: list[ContextEmbeddings]
             raise ValueError(
                 f"context {i}: {len(c.chosen)} chosen but {len(c.rejected)} rejected embeddings"
             )
-    return checkpoint.policy.latent(*padded_contexts(contexts, dim))
+    padded = (t.to(checkpoint.device) for t in padded_contexts(contexts, dim))
+    return checkpoint.policy.latent(*padded)
 
 
 def padded_contexts(
@@ -229,8 +238,9 @@ def generate(
         rows.append(ids)
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    device = checkpoint.device
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     sampling = (
         {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
     )
@@ -238,7 +248,7 @@ def generate(
     out = policy.generate(
         input_ids,
         attention,
-        z,
+        None if z is None else z.to(device),
         max_new_tokens=max(limits),
         pad_token_id=pad,
         repetition_penalty=decoding.repetition_penalty,

@@ -7,7 +7,7 @@ a few of their choices, behind a FastAPI ingress (OpenAPI docs at /docs).
     POST   /users/{user_id}/next-question  {candidates?, selector?}   the pair to ask them next
     GET    /users/{user_id}       number of choices, when updated
     DELETE /users/{user_id}       nothing of the user is kept afterwards
-    GET    /health
+    GET    /health                status and the replica's device (cpu, cuda:0)
 
 Generation requests of *different* users are batched (`@serve.batch`), each row with its own z.
 A stored user's z is cached per replica and recomputed only when their choices change (the
@@ -243,7 +243,7 @@ def generate_isolated(
 @serve.ingress(app)
 class SteerableEndpoint:
     def __init__(self, config: dict[str, Any]):
-        from npalign.models.policy import load_policy
+        from npalign.models.policy import available_device, load_policy
         from npalign.models.reward import load_reward_model
 
         self.config = ServeConfig.model_validate(config)
@@ -256,14 +256,18 @@ class SteerableEndpoint:
             )
         )
         torch.set_num_threads(self.config.threads_per_replica)
-        self.policy = load_policy(Path(self.config.policy))
+        # Ray shows a replica only the GPU it was given (gpus_per_replica), none otherwise.
+        device = available_device()
+        self.policy = load_policy(Path(self.config.policy), device)
         positions = self.policy.policy.lm.config.max_position_embeddings
         if self.config.max_prompt_tokens + self.config.max_new_tokens > positions:
             raise ValueError(
                 f"max_prompt_tokens {self.config.max_prompt_tokens} + max_new_tokens "
                 f"{self.config.max_new_tokens} exceed the model's {positions} positions"
             )
-        self.reward = load_reward_model(self.config.reward) if self.config.reward else None
+        self.reward = None
+        if self.config.reward:
+            self.reward = load_reward_model(self.config.reward).to(device)
         if self.reward is not None:
             check_reward_model(self.reward, self.policy.feature_dim, self.config.reward)
         self.store = open_store(
@@ -507,7 +511,7 @@ class SteerableEndpoint:
 
     @app.get("/health")
     async def health(self) -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "device": str(self.policy.device)}
 
     @staticmethod
     def _summary(state) -> UserSummary:
@@ -545,7 +549,9 @@ def build_app(config: ServeConfig):
         },
         ray_actor_options={
             "num_cpus": config.cpus_per_replica,
+            "num_gpus": config.gpus_per_replica,
             "resources": config.replica_resources,
+            **({"accelerator_type": config.accelerator_type} if config.accelerator_type else {}),
         },
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,

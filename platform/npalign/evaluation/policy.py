@@ -18,7 +18,7 @@ from npalign.data.episodes import episode_arrays
 from npalign.data.preferences import PairTable
 from npalign.data.sequences import TokenizedPairs, collate_policy
 from npalign.evaluation.accuracy import evaluate_by_context
-from npalign.models.policy import dpo_loss, load_policy
+from npalign.models.policy import available_device, dpo_loss, load_policy
 
 
 @torch.no_grad()
@@ -36,6 +36,7 @@ def implicit_reward_accuracy(
     0: (episodes, targets). `references` caches π_ref's (chosen, rejected) log-probs by pair row:
     they do not depend on the context, and every context size scores the same test pairs."""
     rows = episode_arrays(episodes, ("context", "target"))
+    device = next(policy.parameters()).device
     out = []
     for start in range(0, len(rows["target"]), batch_size):
         part = {k: v[start : start + batch_size] for k, v in rows.items()}
@@ -43,11 +44,12 @@ def implicit_reward_accuracy(
         known = None
         if all(t in references for t in targets):
             known = torch.cat([references[t] for t in targets])  # (sequences,)
-        output = policy(collate_policy(part, pairs, tokens), use_latent, known)
+        batch = collate_policy(part, pairs, tokens).to(device)
+        output = policy(batch, use_latent, known)
         for t, reference in zip(targets, output.reference.reshape(-1, 2), strict=True):
             references[t] = reference
         _, margin = dpo_loss(*output.logprobs.unbind(-1), *output.reference.unbind(-1), beta)
-        out.append((margin > 0).float().numpy() * 100)  # (batch, targets)
+        out.append((margin > 0).float().cpu().numpy() * 100)  # (batch, targets)
     return np.concatenate(out)
 
 
@@ -59,8 +61,9 @@ def evaluate_policy(
     num_targets: int,
     beta: float,
 ) -> dict:
-    """Implicit-reward accuracy by context size on episodes drawn from `pairs` (one split)."""
-    loaded = load_policy(checkpoint)
+    """Implicit-reward accuracy by context size on episodes drawn from `pairs` (one split), on
+    this process's GPU when it has one."""
+    loaded = load_policy(checkpoint, available_device())
     references: dict[int, torch.Tensor] = {}
     return evaluate_by_context(
         lambda episodes: implicit_reward_accuracy(

@@ -306,6 +306,12 @@ def truncate_blocks(lm: nn.Module, num_layers: int) -> None:
         lm.config.layer_types = lm.config.layer_types[:num_layers]
 
 
+def available_device() -> torch.device:
+    """This process's GPU when it has one (Ray gives a task or replica that asked for a GPU
+    exactly that one), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def base_dtype(name: str) -> torch.dtype:
     """`policy.dtype` as a torch dtype ("auto": bfloat16 on a GPU that supports it)."""
     if name == "auto":
@@ -382,6 +388,10 @@ class PolicyCheckpoint:
     feature_dim: int
     decoding: DecodingConfig
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
 
 def save_policy(
     folder: Path,
@@ -410,8 +420,9 @@ def save_policy(
     write_json(folder / SPEC_FILE, spec)
 
 
-def load_policy(folder: Path) -> PolicyCheckpoint:
-    """The policy of a checkpoint folder, in eval mode; every trained tensor must be there and
+def load_policy(folder: Path, device: torch.device | str = "cpu") -> PolicyCheckpoint:
+    """The policy of a checkpoint folder, in eval mode on `device` (the base LM in
+    `policy.dtype`: bfloat16 on a GPU by default); every trained tensor must be there and
     nothing else (strict)."""
     from safetensors.torch import load_file
 
@@ -430,7 +441,7 @@ def load_policy(folder: Path) -> PolicyCheckpoint:
         )
     policy.load_state_dict(state, strict=False)  # the frozen base comes from config.base
     return PolicyCheckpoint(
-        policy.eval(),
+        policy.to(device).eval(),
         tokenizer,
         spec["use_latent"],
         EmbedConfig.model_validate(spec["embed"]),

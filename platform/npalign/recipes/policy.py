@@ -59,14 +59,25 @@ def fit(job: PolicyJobConfig, model: str, splits: Splits, files, storage, name, 
 def evaluate(
     job: PolicyJobConfig, checkpoint: Path, splits: Splits, split: str, settings: EvalConfig
 ) -> dict:
-    return evaluate_policy(
-        checkpoint,
-        splits.pairs[split],
-        splits.tokens[split],
-        settings,
-        job.data.num_targets,
-        job.policy.beta,
-    )
+    """Scored in a Ray task placed like the training workers (one GPU when they use GPUs, their
+    CPUs), not in the driver: on a cluster the driver sits on a head node with no room for a
+    model."""
+    import ray
+
+    from npalign.train.loop import uses_gpu  # Ray Train: loaded only to place the task
+
+    cpus = job.train.num_workers * job.train.cpus_per_worker
+    task = ray.remote(evaluate_in_task).options(num_cpus=cpus, num_gpus=int(uses_gpu(job.train)))
+    args = (splits.pairs[split], splits.tokens[split], settings, job.data.num_targets)
+    return ray.get(task.remote(max(1, round(cpus)), checkpoint, *args, job.policy.beta))
+
+
+def evaluate_in_task(threads: int, *args) -> dict:
+    """`evaluate_policy(*args)` with torch on the task's `threads` CPU threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return evaluate_policy(*args)
 
 
 # --- the NP-BTL → NP-DPO chain ----------------------------------------------------------------

@@ -317,10 +317,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
 
 
+def uses_gpu(train: TrainConfig) -> bool:
+    """`train.use_gpu`, with "auto" meaning: the cluster has GPUs."""
+    if train.use_gpu == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return train.use_gpu
+
+
 def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
-    use_gpu = (
-        ray.cluster_resources().get("GPU", 0) > 0 if train.use_gpu == "auto" else train.use_gpu
-    )
+    use_gpu = uses_gpu(train)
     resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     return ray.train.ScalingConfig(
         num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
