@@ -65,8 +65,12 @@ def test_deepspeed_settings_pass_through_and_wrong_ones_fail_before_any_run():
     )
     with pytest.raises(ConfigError, match="(?s)train.deepspeed.*stage3_max_live_paramters"):
         check_deepspeed_config(typo)
-    with pytest.raises(ConfigError, match="batch sizes come from train"):
+    with pytest.raises(ConfigError, match="train_batch_size come from train"):
         load_config(None, ["train.deepspeed={train_batch_size: 8}"])
+    with pytest.raises(ConfigError, match="bf16, zero_optimization.stage come from train"):
+        load_config(
+            None, ["train.deepspeed={bf16: {enabled: true}, zero_optimization: {stage: 1}}"]
+        )
     with pytest.raises(ConfigError, match="needs zero_stage 3"):
         load_config(None, ["train.offload=optimizer_and_params"])
     with pytest.raises(ConfigError, match="num_workers x gradient_accumulation_steps"):
@@ -127,3 +131,10 @@ def test_the_endpoint_carries_backpressure_and_pinning_to_serve():
     on_gpus = ServeConfig(policy="p", gpus_per_replica=0.5, accelerator_type="L4")
     options = build_app(on_gpus)._bound_deployment.ray_actor_options
     assert options["num_gpus"] == 0.5 and options["accelerator_type"] == "L4"
+
+
+def test_a_float32_training_keeps_the_policy_base_in_float32():
+    from npalign.config import PolicyJobConfig
+
+    assert load_config(None, ["train.bf16=false"], PolicyJobConfig).policy.dtype == "float32"
+    assert load_config(None, [], PolicyJobConfig).policy.dtype == "auto"

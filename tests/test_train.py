@@ -29,61 +29,10 @@ SMALL_TEXT_RUN = [
 ]
 
 
-def test_main_job_trains_npbtl_with_zero2(ray_cluster, tmp_path, capsys):
-    code = train_reward_job().main(
-        [
-            "--config",
-            str(ROOT / "configs/synthetic.yaml"),
-            f"run.output_dir={tmp_path}",
-            "models=[npbtl]",
-            "data.synthetic.num_pairs=2000",
-            "data.train_episodes=6400",
-            "data.val_episodes=256",
-            "train.epochs=2",
-            "train.zero_stage=2",
-            "eval.num_episodes=300",
-        ]
-    )
-    assert code == 0
-    printed = capsys.readouterr().out
-    folder = Path(printed.strip().splitlines()[-1].removeprefix("run folder: "))
-    assert (folder / "accuracy.png").stat().st_size > 0
-    assert "npbtl" in (folder / "table.txt").read_text()
-    metrics = json.loads((folder / "metrics.json").read_text())
-    npbtl = metrics["results"]["npbtl"]
-
-    # the loss falls from epoch to epoch and ends well below chance (log 2)
-    reports = sorted(
-        json.loads((Path(c) / "train_state.json").read_text())["epoch"]
-        for c in Path(npbtl["checkpoint"]).parent.glob("checkpoint_*")
-        if c.is_dir()
-    )
-    assert reports == [1, 2]
-    history = npbtl["train_metrics"]
-    assert history["val_nll"] < 0.5
-    # the checkpoint evaluated is the epoch with the lowest validation loss
-    val_nll = {
-        c: json.loads((c / "train_state.json").read_text())["metrics"]["val_nll"]
-        for c in Path(npbtl["checkpoint"]).parent.glob("checkpoint_*")
-        if c.is_dir()
-    }
-    assert Path(npbtl["checkpoint"]) == min(val_nll, key=val_nll.get)
-    assert history["val_nll"] == min(val_nll.values())
-    # the context helps: accuracy with 10 context pairs beats none by a wide margin
-    average = npbtl["average"]
-    assert average["10"]["mean"] > average["0"]["mean"] + 10
-
-    # the checkpoint holds every rank's ZeRO shard and reloads strictly into a plain model
-    checkpoint = Path(npbtl["checkpoint"])
-    shards = sorted(p.name for p in (checkpoint / "deepspeed").iterdir())
-    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in shards
-    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in shards
-    load_reward_model(checkpoint)
-
-
-def test_a_job_whose_driver_was_killed_goes_on_in_its_own_folder(ray_nodes, tmp_path, capsys):
-    """The reward job's driver is killed (SIGKILL) once its fit has checkpointed an epoch;
-    `--resume FOLDER` finishes the same run in the same folder from that checkpoint."""
+def test_main_job_killed_and_resumed_trains_npbtl_with_zero2(ray_nodes, tmp_path, capsys):
+    """The reward job runs as `ray job submit` would run it; its driver is killed (SIGKILL) once
+    the fit has a registered checkpoint (every 40 steps, mid-epoch). `--resume FOLDER` finishes
+    the same run in the same folder from there, and the run is what a whole one would be."""
     import os
     import signal
     import subprocess
@@ -95,12 +44,14 @@ def test_a_job_whose_driver_was_killed_goes_on_in_its_own_folder(ray_nodes, tmp_
         str(ROOT / "configs/synthetic.yaml"),
         f"run.output_dir={tmp_path}",
         "models=[npbtl]",
-        "data.synthetic.num_pairs=1000",
-        "data.train_episodes=3200",
-        "data.val_episodes=64",
-        "model.hidden_dim=32",
-        "train.epochs=3",
-        "eval.num_episodes=100",
+        "data.synthetic.num_pairs=2000",
+        "data.train_episodes=6400",
+        "data.val_episodes=256",
+        "train.epochs=2",
+        "train.zero_stage=2",
+        "train.gradient_accumulation_steps=2",
+        "train.checkpoint_every_steps=40",  # 100 steps an epoch
+        "eval.num_episodes=300",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_nodes.address}
     driver = subprocess.Popen([sys.executable, str(ROOT / "jobs/train_reward.py"), *argv], env=env)
@@ -118,11 +69,40 @@ def test_a_job_whose_driver_was_killed_goes_on_in_its_own_folder(ray_nodes, tmp_
 
     assert train_reward_job().main(["--resume", str(folder)]) == 0
     assert capsys.readouterr().out.strip().endswith(f"run folder: {folder}")
-    npbtl = json.loads((folder / "metrics.json").read_text())["results"]["npbtl"]
-    assert npbtl["last_epoch_metrics"]["epoch"] == 3
-    assert npbtl["last_epoch_metrics"]["start_step"] >= 50  # went on after >= 1 epoch
-    assert (folder / "results" / "npbtl.json").exists()
     assert len(list(tmp_path.iterdir())) == 1  # no second run folder
+    assert (folder / "results" / "npbtl.json").exists()
+    npbtl = json.loads((folder / "metrics.json").read_text())["results"]["npbtl"]
+    assert npbtl["last_epoch_metrics"]["epoch"] == 2
+    assert npbtl["last_epoch_metrics"]["start_step"] >= 40  # went on from a checkpoint
+    assert (folder / "accuracy.png").stat().st_size > 0
+    assert "npbtl" in (folder / "table.txt").read_text()
+
+    # the loss falls from epoch to epoch and ends well below chance (log 2)
+    states = {
+        c: json.loads((c / "train_state.json").read_text())
+        for c in Path(npbtl["checkpoint"]).parent.glob("checkpoint_*")
+        if c.is_dir()
+    }
+    # (a mid-epoch checkpoint the killed run wrote after Ray's last poll may be left as well)
+    epochs = {c: s for c, s in states.items() if "epoch_step" not in s["metrics"]}
+    assert sorted(s["epoch"] for s in epochs.values()) == [1, 2]
+    history = npbtl["train_metrics"]
+    assert history["val_nll"] < 0.5
+    # the checkpoint evaluated is the epoch with the lowest validation loss
+    val_nll = {c: s["metrics"]["val_nll"] for c, s in epochs.items()}
+    assert Path(npbtl["checkpoint"]) == min(val_nll, key=val_nll.get)
+    assert history["val_nll"] == min(val_nll.values())
+    # the context helps: accuracy with 10 context pairs beats none by a wide margin
+    average = npbtl["average"]
+    assert average["10"]["mean"] > average["0"]["mean"] + 10
+
+    # the checkpoint holds every rank's ZeRO shard and reloads strictly into a plain model
+    checkpoint = Path(npbtl["checkpoint"])
+    shards = sorted(p.name for p in (checkpoint / "deepspeed").iterdir())
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in shards
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in shards
+    load_reward_model(checkpoint)
+
     # a finished run resumed again trains nothing and reports the same
     assert train_reward_job().main(["--resume", str(folder)]) == 0
     again = json.loads((folder / "metrics.json").read_text())["results"]["npbtl"]
@@ -211,7 +191,8 @@ def test_rank_batches_share_each_global_batch_in_order_and_skip_whole_batches(ra
 
 def test_training_stops_when_the_validation_loss_stops_falling(ray_cluster, tmp_path):
     """At a learning rate too small to move a weight, val_nll is the same every epoch: with
-    patience 1 the fit stops after epoch 2 of 4, and the kept checkpoint is epoch 1's."""
+    patience 1 the fit stops after epoch 2 of 4, and the kept checkpoint is epoch 1's; run
+    again on its storage it trains no further."""
     from npalign.train.loop import kept, val_by_epoch
     from npalign.train.reward import fit_reward_model
 
@@ -225,6 +206,9 @@ def test_training_stops_when_the_validation_loss_stops_falling(ray_cluster, tmp_
     curve = val_by_epoch(result)  # the whole validation curve, as the run folder reports it
     assert list(curve) == [1, 2] and curve[1] == metrics["val_nll"]
     assert json.loads((Path(checkpoint.path) / "train_state.json").read_text())["epoch"] == 1
+    # resumed (a driver that died before the evaluation), the stopped fit stays stopped
+    again = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "checkpoints")
+    assert val_by_epoch(again) == curve
 
 
 @pytest.mark.parametrize("kind", ["trl", "rated"])
@@ -321,7 +305,6 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
             "train.epochs=2",
             "train.lr=3e-4",
             "train.gradient_accumulation_steps=2",  # 2 workers x 2 micro-batches of 1 episode
-            "policy.gradient_checkpointing=true",
             "eval.context_sizes=[0,3]",
             "eval.num_episodes=8",
         ],

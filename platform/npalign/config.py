@@ -246,6 +246,18 @@ class ModelConfig(Strict):
     )
 
 
+# What `train.deepspeed` may not set: the loop reads these from train.* (batch shapes, dtypes).
+OWNED_DEEPSPEED_KEYS = {
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "bf16",
+    "fp16",
+}
+OWNED_ZERO_KEYS = {"stage", "offload_optimizer", "offload_param"}
+
+
 class TrainConfig(Strict):
     num_workers: int = Field(2, gt=0)
     # Fractional CPUs leave room for Ray Data's read tasks on small machines (2 workers x 1 CPU on
@@ -299,12 +311,13 @@ class TrainConfig(Strict):
             raise ValueError("offload optimizer_and_params needs zero_stage 3")
         if self.offload == "optimizer" and self.zero_stage == 0:
             raise ValueError("offload optimizer needs zero_stage 1, 2 or 3")
-        batch_keys = {"train_batch_size", "train_micro_batch_size_per_gpu"}
-        batch_keys |= {"gradient_accumulation_steps"}
-        if batch_keys & set(self.deepspeed):
+        zero = self.deepspeed.get("zero_optimization", {})
+        owned = sorted(OWNED_DEEPSPEED_KEYS & set(self.deepspeed))
+        owned += [f"zero_optimization.{k}" for k in sorted(OWNED_ZERO_KEYS & set(zero))]
+        if owned:
             raise ValueError(
-                "deepspeed: batch sizes come from train.batch_size, num_workers and "
-                "gradient_accumulation_steps"
+                f"deepspeed: {', '.join(owned)} come from train.* (batch_size, num_workers, "
+                "gradient_accumulation_steps, bf16, zero_stage, offload, grad_clip)"
             )
         return self
 
@@ -424,6 +437,13 @@ class PolicyJobConfig(Strict):
     @classmethod
     def _registered(cls, names: list[str]) -> list[str]:
         return registered_models(names, POLICY_MODELS)
+
+    @model_validator(mode="after")
+    def _one_dtype(self) -> PolicyJobConfig:
+        # Training in float32 (train.bf16: false) keeps the base LM in float32 too.
+        if self.train.bf16 is False and self.policy.dtype == "auto":
+            self.policy.dtype = "float32"
+        return self
 
     @model_validator(mode="after")
     def _text_data(self) -> PolicyJobConfig:

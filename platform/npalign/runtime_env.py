@@ -12,8 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Never uploaded: environments, caches and outputs (Ray refuses working dirs over 500 MiB).
-EXCLUDES = [".venv/", ".git/", "runs/", "data/", "**/__pycache__/", "*.egg-info/", "*.pyc"]
+# Never uploaded (Ray refuses working dirs over 500 MiB). Ray matches these in the py_module
+# too, each relative to its own folder, so a name the package also uses (its data/ subpackage)
+# cannot be listed: the checkout's .venv/, runs/ and data/ stay out through its .gitignore, which
+# Ray reads for the working dir only.
+EXCLUDES = [".git/", "**/__pycache__/", "*.pyc"]
 
 
 def code_runtime_env(root: Path, env_vars: dict[str, str] | None = None) -> dict[str, Any]:

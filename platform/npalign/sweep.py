@@ -73,11 +73,11 @@ def trial_config(base: dict, sweep: SweepConfig, point: dict[str, Any]):
     dotted key → value), validated as the model's recipe's job."""
     tree = copy.deepcopy(base)
     tree["models"] = [sweep.model]
+    for key, value in point.items():
+        set_dotted(tree, key, value)
     # Tune reads every report of a trial as a result: checkpoints come once per epoch, with
     # the validation loss the scheduler compares (a restarted trial goes on from the last).
     set_dotted(tree, "train.checkpoint_every_steps", None)
-    for key, value in point.items():
-        set_dotted(tree, key, value)
     where = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "no overrides"
     return validate_config(tree, recipe_of(sweep.model).schema, f"{sweep.base} with {where}")
 

@@ -277,7 +277,10 @@ def resume_recipe(folder: Path, recipe: Recipe) -> Run:
 
     if not (folder / CONFIG_FILE).exists() or not (folder / "episodes").is_dir():
         raise ConfigError(f"{folder}: not a run folder (no {CONFIG_FILE} or episodes/)")
+    from npalign.train.deepspeed import check_deepspeed_config  # DeepSpeed: loaded to train
+
     job = load_config(folder / CONFIG_FILE, schema=recipe.schema)
+    check_deepspeed_config(job.train)
     log.info("resuming run %s", folder)
     return fit_all(job, recipe, recipe.load(job), folder, {})
 

@@ -59,14 +59,14 @@ def fit(job: PolicyJobConfig, model: str, splits: Splits, files, storage, name, 
 def evaluate(
     job: PolicyJobConfig, checkpoint: Path, splits: Splits, split: str, settings: EvalConfig
 ) -> dict:
-    """Scored in a Ray task placed like the training workers (one GPU when they use GPUs, their
-    CPUs), not in the driver: on a cluster the driver sits on a head node with no room for a
+    """Scored in a Ray task placed like one training worker (its CPUs, a GPU when they use
+    GPUs), not in the driver: on a cluster the driver sits on a head node with no room for a
     model."""
     import ray
 
     from npalign.train.loop import uses_gpu  # Ray Train: loaded only to place the task
 
-    cpus = job.train.num_workers * job.train.cpus_per_worker
+    cpus = job.train.cpus_per_worker
     task = ray.remote(evaluate_in_task).options(num_cpus=cpus, num_gpus=int(uses_gpu(job.train)))
     args = (splits.pairs[split], splits.tokens[split], settings, job.data.num_targets)
     return ray.get(task.remote(max(1, round(cpus)), checkpoint, *args, job.policy.beta))

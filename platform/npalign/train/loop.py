@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import time
 import warnings
@@ -62,6 +63,9 @@ class Task(Protocol):
 
 SELECTION_METRIC = "val_nll"  # lower is better; both tasks report it
 HISTORY = SELECTION_METRIC + "_by_epoch"  # a checkpoint's state: the whole validation curve
+# The score of a mid-epoch checkpoint: finite (Ray's checkpoint snapshot writes inf as null,
+# which a resumed run cannot compare), worse than any validation loss.
+UNVALIDATED = sys.float_info.max
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int = 0):
@@ -82,11 +86,20 @@ def epochs_without_improvement(history: list[float]) -> int:
     return len(history) - 1 - min(range(len(history)), key=history.__getitem__)
 
 
+def stops_early(config: TrainConfig, history: list[float]) -> bool:
+    """`train.patience` epochs have passed without a lower val_nll."""
+    return bool(config.patience and history) and (
+        epochs_without_improvement(history) >= config.patience
+    )
+
+
 def kept(result: ray.train.Result, config: TrainConfig) -> tuple[ray.train.Checkpoint, dict]:
     """The checkpoint a fit hands on and its epoch's metrics: the epoch with the lowest val_nll
-    (Ray keeps the best ones), or the last (`train.keep`)."""
-    if config.keep == "best" and result.best_checkpoints:
-        return min(result.best_checkpoints, key=lambda kept: kept[1][SELECTION_METRIC])
+    (Ray keeps the best ones; mid-epoch checkpoints are never among them), or the last
+    (`train.keep`)."""
+    epochs = [kept for kept in result.best_checkpoints if "epoch_step" not in kept[1]]
+    if config.keep == "best" and epochs:
+        return min(epochs, key=lambda kept: kept[1][SELECTION_METRIC])
     return result.checkpoint, result.metrics
 
 
@@ -97,7 +110,7 @@ def val_by_epoch(result: ray.train.Result) -> dict[int, float]:
         return {}
     with result.checkpoint.as_directory() as folder:
         state = json.loads((Path(folder) / STATE_FILE).read_text())
-    history = state[HISTORY]
+    history = state.get(HISTORY, [])
     return {epoch: float(v) for epoch, v in enumerate(history, start=1)}
 
 
@@ -206,7 +219,7 @@ def resume_point(state: dict, steps_per_epoch: int) -> tuple[int, int]:
     return (epoch + 1, 0) if done >= steps_per_epoch else (epoch, done)
 
 
-DRILL_WAIT_S = 5.0
+DRILL_WAIT_S = 3.0
 
 
 def failure_drill(config: TrainConfig, step: int, rank: int, resumed: bool) -> None:
@@ -243,6 +256,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _, state = engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
         start_epoch, skip = resume_point(state, steps_per_epoch)
         step, val_history = state["step"], state[HISTORY]
+        if skip == 0 and stops_early(config, val_history):
+            start_epoch = config.epochs + 1  # it had stopped early: nothing more to train
         if rank == 0:
             log.info("resumed from %s at step %d (epoch %d)", checkpoint.path, step, start_epoch)
 
@@ -281,10 +296,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 bar.update(1)
             every = config.checkpoint_every_steps
             if every and step % every == 0 and epoch_step < steps_per_epoch:
-                # Mid-epoch: no validation; an infinite val_nll keeps it out of the best ones.
+                # Mid-epoch: no validation; the worst score keeps it out of the best ones.
                 state = {"epoch": epoch, "epoch_step": epoch_step, "step": step}
                 mean_loss = torch.stack(losses).mean().item()
-                metrics = {**state, "train_loss": mean_loss, SELECTION_METRIC: math.inf}
+                metrics = {**state, "train_loss": mean_loss, SELECTION_METRIC: UNVALIDATED}
                 save_checkpoint(engine, task, rank, state | {HISTORY: val_history}, metrics)
         skip = 0
         train_seconds = time.perf_counter() - start
@@ -311,17 +326,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state = {"epoch": epoch, "epoch_step": steps_per_epoch, "step": step}
         save_checkpoint(engine, task, rank, state | {HISTORY: val_history}, metrics)
         # Every rank has the same (all-reduced) validation metrics, so all stop together.
-        if config.patience and metrics["epochs_without_improvement"] >= config.patience:
+        if stops_early(config, val_history):
             if rank == 0:
                 log.info("stopping early: val_nll has not fallen for %d epochs", config.patience)
             break
 
 
 def uses_gpu(train: TrainConfig) -> bool:
-    """`train.use_gpu`, with "auto" meaning: the cluster has GPUs."""
-    if train.use_gpu == "auto":
+    """`train.use_gpu`, with "auto" meaning: the cluster has GPUs (before Ray has started: this
+    machine, where the first Ray call will start it)."""
+    if train.use_gpu != "auto":
+        return train.use_gpu
+    if ray.is_initialized():
         return ray.cluster_resources().get("GPU", 0) > 0
-    return train.use_gpu
+    return torch.cuda.is_available()
 
 
 def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
@@ -336,7 +354,8 @@ def ordered_train_data() -> ray.train.DataConfig:
     """Train episodes whole to every worker, in the file's order (`rank_batches` takes each
     rank's share): a resumed run trains on the very batches it had not reached. Validation is
     split among the workers as usual (its metrics are sums)."""
-    options = ray.data.ExecutionOptions(preserve_order=True)
+    limits = ray.data.DataContext.get_current().execution_options.resource_limits
+    options = ray.data.ExecutionOptions(preserve_order=True, resource_limits=limits)
     return ray.train.DataConfig(datasets_to_split=["val"], execution_options={"train": options})
 
 
