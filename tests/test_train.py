@@ -274,7 +274,7 @@ def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_p
     # chance on that type by far (a pooled one cannot)
     for by_m in oracle["by_type"].values():
         assert by_m[0]["mean"] > 75
-    assert sorted(p.name for p in (run.folder / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in Path(run.folder / "checkpoints").iterdir()) == [
         "oracle-concise",
         "oracle-detailed",
     ]

@@ -62,9 +62,8 @@ def run_job(doc: str, argv: list[str] | None, recipe: Recipe) -> int:
     start.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
     start.add_argument(
         "--resume",
-        type=Path,
-        help="the run folder of an interrupted run: finished fits are kept, an interrupted one "
-        "goes on from its latest checkpoint (its config.yaml is used as it is)",
+        help="the run folder (a path or a URI) of an interrupted run: finished fits are kept, "
+        "an interrupted one goes on from its latest checkpoint (its config.yaml as it is)",
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4")
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from npalign.files import Location
 from npalign.registry import DATA_SOURCES, POLICY_MODELS, REWARD_MODELS, USER_STORES
 
 
@@ -344,7 +345,11 @@ class EvalConfig(Strict):
 
 class RunSettings(Strict):
     name: str = "reward"
-    output_dir: str = "runs"
+    output_dir: str = Field(
+        "runs",
+        description="where run folders go: a path, or a URI (s3://bucket/runs, gs://...) that "
+        "every node of a cluster reaches",
+    )
 
 
 class RewardJobConfig(Strict):
@@ -686,12 +691,14 @@ def merge_trees(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_tree(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def load_tree(
+    path: str | Path | Location | None, overrides: list[str] | tuple[str, ...] = ()
+) -> dict:
     """The YAML at `path` (or {}) with `key.sub=value` overrides applied, not yet validated."""
     tree: dict[str, Any] = {}
     if path:
         try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
+            tree = yaml.safe_load(Location(path).read_text()) or {}
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {path}") from e
         except yaml.YAMLError as e:

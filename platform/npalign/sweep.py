@@ -42,7 +42,7 @@ from npalign.config import (
     validate_config,
 )
 from npalign.data.episodes import sample_train_val, write_episodes
-from npalign.files import new_run_folder, write_json, write_text
+from npalign.files import Location, new_run_folder, write_json, write_text
 from npalign.recipes.outline import Recipe, Splits
 from npalign.recipes.policy import POLICY
 from npalign.recipes.reward import REWARD
@@ -186,7 +186,12 @@ def run_sweep(sweep: SweepConfig) -> SweepRun:
 
     base = load_tree(sweep.base, sweep.overrides)
     config = check_space(base, sweep)
-    folder = new_run_folder(sweep.output_dir, sweep.name)
+    if Location(sweep.output_dir).remote:
+        raise ConfigError(
+            f"output_dir {sweep.output_dir!r}: a sweep's folder must be a path (on a cluster, "
+            "one every node mounts); jobs take URIs"
+        )
+    folder = Path(new_run_folder(sweep.output_dir, sweep.name))
     write_text(folder / SWEEP_FILE, yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
     log.info("sweep folder: %s", folder)
     # What the recipe runs first (a policy's NP-BTL encoder) runs once, in the sweep folder, and

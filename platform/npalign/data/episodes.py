@@ -19,7 +19,7 @@ import torch
 
 from npalign.config import DataConfig
 from npalign.data.preferences import PairTable, PreferenceDataError
-from npalign.files import atomic_path
+from npalign.files import Location, atomic_path
 
 PADDING = -1  # an index slot with no pair in it
 
@@ -115,8 +115,11 @@ def sample_train_val(data: DataConfig, pairs: dict[str, PairTable]) -> dict[str,
     }
 
 
-def write_episodes(episodes: dict[str, pa.Table], folder: Path) -> dict[str, Path]:
-    """Each split's episode table as folder/<split>.parquet, written atomically."""
+def write_episodes(
+    episodes: dict[str, pa.Table], folder: Path | Location
+) -> dict[str, Path | Location]:
+    """Each split's episode table as folder/<split>.parquet (a path or a URI), written
+    atomically."""
     files = {}
     for split, table in episodes.items():
         files[split] = folder / f"{split}.parquet"

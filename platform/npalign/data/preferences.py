@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from npalign.files import atomic_path
+from npalign.files import Location, atomic_path
 
 REQUIRED_COLUMNS = ("pair_id", "prompt_id", "features_a", "features_b", "user", "choice")
 SPLITS = ("train", "val", "test")
@@ -165,7 +165,7 @@ def read_pairs(path: str | Path) -> PairTable:
     return pairs_from_arrow(table, str(path))
 
 
-def write_pairs(pairs: PairTable, path: str | Path) -> None:
+def write_pairs(pairs: PairTable, path: str | Path | Location) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(pairs.to_arrow(), tmp)
 

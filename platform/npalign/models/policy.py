@@ -31,7 +31,7 @@ from torch import nn
 
 from npalign.config import DecodingConfig, EmbedConfig, PolicyConfig
 from npalign.data.sequences import PolicyBatch
-from npalign.files import atomic_path, write_json
+from npalign.files import Location, atomic_path, write_json
 from npalign.models.context import ContextEncoder
 from npalign.registry import POLICY_MODELS
 
@@ -356,7 +356,8 @@ def steerable(
     if config.encoder_init:
         from npalign.models.reward import load_reward_model
 
-        reward = load_reward_model(Path(config.encoder_init))
+        with Location(config.encoder_init).local_copy() as folder:  # a path or a URI
+            reward = load_reward_model(folder)
         encoder.load_state_dict(reward.context_encoder.state_dict())  # strict: dims must match
     targets = config.lora_targets
     lora = LoraSettings(

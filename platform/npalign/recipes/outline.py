@@ -33,7 +33,7 @@ from npalign.evaluation.accuracy import (
     format_table,
     plot_accuracy,
 )
-from npalign.files import new_run_folder, write_json, write_text
+from npalign.files import Location, new_run_folder, write_json, write_text
 from npalign.registry import DATA_SOURCES, Registry
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Splits:
 
 @dataclass
 class Run:
-    folder: Path
+    folder: Location  # a local folder or a URI (run.output_dir)
     results: dict[str, dict]  # model → evaluation by context size (+ checkpoint, train metrics)
     reference: dict[str, list[float]]  # e.g. the Bayes limit per context size
     table: str
@@ -130,18 +130,23 @@ def limit_reference(job, test: PairTable) -> dict[str, list[float]]:
     }
 
 
-def fit_and_evaluate(job, recipe: Recipe, model: str, splits: Splits, files, folder: Path, name):
+def fit_and_evaluate(
+    job, recipe: Recipe, model: str, splits: Splits, files, folder: Location, name: str
+):
     """One fit of `model`, then its evaluation (on `eval.split`) with checkpoint and train
     metrics."""
     # DeepSpeed and Ray Train load only when a fit runs.
     from npalign.train.loop import kept, val_by_epoch
 
-    fit = recipe.fit(job, model, splits, files, folder / "checkpoints", name)
+    storage = folder / "checkpoints"
+    fit = recipe.fit(job, model, splits, files, storage, name)
     checkpoint, metrics = kept(fit, job.train)
-    result = recipe.evaluate(job, Path(checkpoint.path), splits, job.eval.split, job.eval)
+    where = storage.at(checkpoint.path)  # a path on the storage's filesystem → its URI
+    with where.local_copy() as local:
+        result = recipe.evaluate(job, local, splits, job.eval.split, job.eval)
     return {
         **result,
-        "checkpoint": checkpoint.path,
+        "checkpoint": str(where),
         "train_metrics": metrics,  # the kept epoch's
         "last_epoch_metrics": fit.metrics,
         "val_nll_by_epoch": val_by_epoch(fit),
@@ -162,7 +167,7 @@ def oracle_result(job, per_type: dict[str, dict]) -> dict:
     return out
 
 
-def fit_oracle(job, recipe: Recipe, splits: Splits, folder: Path) -> dict:
+def fit_oracle(job, recipe: Recipe, splits: Splits, folder: Location) -> dict:
     """The recipe's context-blind model once per user type, trained and scored on that type's
     labels only: what a model that is told the type reaches."""
     per_type = {}
@@ -185,7 +190,7 @@ def fit_oracle(job, recipe: Recipe, splits: Splits, folder: Path) -> dict:
     return oracle_result(job, per_type)
 
 
-def oracle_episodes(job, typed: Splits, folder: Path, name: str) -> dict[str, Path]:
+def oracle_episodes(job, typed: Splits, folder: Location, name: str) -> dict[str, Location]:
     """One type's train and val episodes, written once (a resumed run trains on the same)."""
     files = {split: folder / "episodes" / name / f"{split}.parquet" for split in ("train", "val")}
     if all(path.exists() for path in files.values()):
@@ -207,7 +212,7 @@ def by_context_size(result: dict) -> dict:
     return out
 
 
-def finished_or_fit(folder: Path, name: str, fit: Callable[[], dict]) -> dict:
+def finished_or_fit(folder: Location, name: str, fit: Callable[[], dict]) -> dict:
     """The result of fit `name` of the run in `folder`: read back if an earlier attempt finished
     it, else `fit()`, saved at once."""
     path = folder / RESULTS_DIR / f"{name}.json"
@@ -219,10 +224,17 @@ def finished_or_fit(folder: Path, name: str, fit: Callable[[], dict]) -> dict:
     return result
 
 
-def rescore_run(job, recipe: Recipe, folder: Path) -> Run:
+def rescore(job, recipe: Recipe, checkpoint: str, splits: Splits, split: str) -> dict:
+    """`recipe.evaluate` of a checkpoint given by path or URI, and that checkpoint."""
+    with Location(checkpoint).local_copy() as local:
+        return recipe.evaluate(job, local, splits, split, job.eval) | {"checkpoint": checkpoint}
+
+
+def rescore_run(job, recipe: Recipe, folder: str | Path | Location) -> Run:
     """The checkpoints of a finished run (its folder's metrics.json) scored again, on
     `job.eval.split`, nothing trained: settings are chosen on the validation split, then the test
     split is scored once. `job` is the run's config.yaml, maybe with other evaluation settings."""
+    folder = Location(folder)
     fitted = json.loads((folder / "metrics.json").read_text())["results"]
     splits = recipe.load(job)
     split = job.eval.split
@@ -230,17 +242,12 @@ def rescore_run(job, recipe: Recipe, folder: Path) -> Run:
     for model, earlier in fitted.items():
         if model == ORACLE:
             per_type = {
-                user_type: recipe.evaluate(
-                    job, Path(checkpoint), splits.select_type(user_type), split, job.eval
-                )
-                | {"checkpoint": checkpoint}
+                user_type: rescore(job, recipe, checkpoint, splits.select_type(user_type), split)
                 for user_type, checkpoint in earlier["checkpoint"].items()
             }
             results[model] = oracle_result(job, per_type)
         else:
-            checkpoint = Path(earlier["checkpoint"])
-            results[model] = recipe.evaluate(job, checkpoint, splits, split, job.eval)
-            results[model]["checkpoint"] = earlier["checkpoint"]
+            results[model] = rescore(job, recipe, earlier["checkpoint"], splits, split)
     reference = limit_reference(job, splits.pairs[split])
     table = format_table(results, job.eval.context_sizes, reference)
     return Run(folder, results, reference, table, splits)
@@ -269,23 +276,23 @@ def run_recipe(job, recipe: Recipe) -> Run:
     return fit_all(job, recipe, splits, folder, earlier)
 
 
-def resume_recipe(folder: Path, recipe: Recipe) -> Run:
+def resume_recipe(folder: str | Path | Location, recipe: Recipe) -> Run:
     """Go on with an interrupted run in its own folder: its config.yaml (with what the recipe
     ran first already filled in) and episodes; finished fits are read back, an interrupted fit
     resumes from its latest checkpoint, the rest run."""
     from npalign.config import load_config
-
-    if not (folder / CONFIG_FILE).exists() or not (folder / "episodes").is_dir():
-        raise ConfigError(f"{folder}: not a run folder (no {CONFIG_FILE} or episodes/)")
     from npalign.train.deepspeed import check_deepspeed_config  # DeepSpeed: loaded to train
 
+    folder = Location(folder)
+    if not (folder / CONFIG_FILE).exists() or not (folder / "episodes").is_dir():
+        raise ConfigError(f"{folder}: not a run folder (no {CONFIG_FILE} or episodes/)")
     job = load_config(folder / CONFIG_FILE, schema=recipe.schema)
     check_deepspeed_config(job.train)
     log.info("resuming run %s", folder)
     return fit_all(job, recipe, recipe.load(job), folder, {})
 
 
-def fit_all(job, recipe: Recipe, splits: Splits, folder: Path, earlier: dict[str, Run]) -> Run:
+def fit_all(job, recipe: Recipe, splits: Splits, folder: Location, earlier: dict[str, Run]) -> Run:
     """Every model of `job` fitted (or read back) and scored, then metrics.json, table.txt and
     the plot."""
     files = {split: folder / "episodes" / f"{split}.parquet" for split in ("train", "val")}

@@ -32,7 +32,7 @@ from ray.experimental.tqdm_ray import tqdm
 from torch import nn
 
 from npalign.config import TrainConfig
-from npalign.files import write_json
+from npalign.files import Location, write_json
 from npalign.train.deepspeed import deepspeed_config, trained_state_dict, use_bf16
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,12 @@ def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
     )
 
 
+def read_episodes(where: Location, blocks: int | None = None) -> ray.data.Dataset:
+    """An episode table as a Ray Data dataset, from local disk or a URI."""
+    path = where.path if where.remote else os.path.abspath(where)
+    return ray.data.read_parquet(path, filesystem=where.fs, override_num_blocks=blocks)
+
+
 def ordered_train_data() -> ray.train.DataConfig:
     """Train episodes whole to every worker, in the file's order (`rank_batches` takes each
     rank's share): a resumed run trains on the very batches it had not reached. Validation is
@@ -363,14 +369,17 @@ def fit_task(
     task: Task,
     train: TrainConfig,
     train_episodes: int,
-    episodes: dict[str, Path],
-    storage: Path,
+    episodes: dict[str, Path | Location],
+    storage: Path | Location,
     name: str,
     callbacks: list | None = None,
 ) -> ray.train.Result:
     """Run this loop for `task` under a TorchTrainer: episodes streamed from parquet by Ray Data,
-    checkpoints in storage/name. Rerunning with the same storage resumes from the latest one."""
+    checkpoints in storage/name (local or a URI). Rerunning with the same storage resumes from
+    the latest one."""
     from ray.train.torch import TorchTrainer
+
+    storage = Location(storage)
 
     # Our own progress bar shows the training steps; Ray Data's per-operator bars would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -384,7 +393,9 @@ def fit_task(
         scaling_config=scaling_config(train),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(storage.resolve()),
+            # Ray Train writes every rank's checkpoint there, on any filesystem pyarrow knows.
+            storage_path=storage.path if storage.remote else os.path.abspath(storage),
+            storage_filesystem=storage.fs,
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             # The two best epochs' by val_nll and (always kept by Ray, to resume from) the latest.
             checkpoint_config=ray.train.CheckpointConfig(
@@ -395,8 +406,10 @@ def fit_task(
             callbacks=callbacks,
         ),
         datasets={
-            split: ray.data.read_parquet(str(episodes[split].resolve()))
-            for split in ("train", "val")
+            # Train episodes read once, here, as one block (the file's order, also after a
+            # --resume reads it again): every worker then iterates that block, no read tasks.
+            "train": read_episodes(Location(episodes["train"]), blocks=1).materialize(),
+            "val": read_episodes(Location(episodes["val"])),
         },
         dataset_config=ordered_train_data(),
     )

@@ -21,6 +21,7 @@ from npalign.config import PolicyJobConfig
 from npalign.data.episodes import episode_arrays
 from npalign.data.preferences import PairTable
 from npalign.data.sequences import PolicyBatch, TokenizedPairs, collate_policy
+from npalign.files import Location
 from npalign.models.policy import build_policy, preference_metrics, save_policy
 from npalign.train.loop import fit_task
 
@@ -73,8 +74,8 @@ def fit_policy(
     job: PolicyJobConfig,
     use_latent: bool,
     data: dict[str, tuple[PairTable, TokenizedPairs]],
-    episodes: dict[str, Path],
-    storage: Path,
+    episodes: dict[str, Path | Location],
+    storage: Path | Location,
     name: str,
     callbacks: list | None = None,
 ) -> ray.train.Result:

@@ -15,6 +15,7 @@ from torch import nn
 from npalign.config import ModelConfig, RewardJobConfig
 from npalign.data.episodes import EpisodeBatch, collate, episode_arrays
 from npalign.data.preferences import PairTable
+from npalign.files import Location
 from npalign.models.reward import preference_loss, save_reward_model
 from npalign.registry import REWARD_MODELS
 from npalign.train.loop import fit_task
@@ -58,8 +59,8 @@ def fit_reward_model(
     config: RewardJobConfig,
     kind: str,
     pairs: dict[str, PairTable],
-    episodes: dict[str, Path],
-    storage: Path,
+    episodes: dict[str, Path | Location],
+    storage: Path | Location,
     name: str | None = None,
     callbacks: list | None = None,
 ) -> ray.train.Result:
