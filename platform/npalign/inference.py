@@ -19,7 +19,7 @@ from npalign.active import Pool, default_selector, next_questions
 from npalign.config import DecodingConfig
 from npalign.data.embed import TextEncoder, embed_text
 from npalign.data.sequences import prompt_tokens
-from npalign.models.policy import PolicyCheckpoint
+from npalign.models.policy import PolicyCheckpoint, device_of
 
 
 @dataclass
@@ -80,11 +80,6 @@ def check_reward_model(reward: nn.Module, feature_dim: int, source: str) -> None
             f"trained on {feature_dim} features; found {type(reward).__name__} on "
             f"{reward.feature_dim}"
         )
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """Where the model's weights are (the CPU for a model without any)."""
-    return next(model.parameters(), torch.empty(0)).device
 
 
 @torch.no_grad()

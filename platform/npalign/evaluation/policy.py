@@ -18,7 +18,7 @@ from npalign.data.episodes import episode_arrays
 from npalign.data.preferences import PairTable
 from npalign.data.sequences import TokenizedPairs, collate_policy
 from npalign.evaluation.accuracy import evaluate_by_context
-from npalign.models.policy import available_device, dpo_loss, load_policy
+from npalign.models.policy import available_device, device_of, dpo_loss, load_policy
 
 
 @torch.no_grad()
@@ -36,7 +36,7 @@ def implicit_reward_accuracy(
     0: (episodes, targets). `references` caches π_ref's (chosen, rejected) log-probs by pair row:
     they do not depend on the context, and every context size scores the same test pairs."""
     rows = episode_arrays(episodes, ("context", "target"))
-    device = next(policy.parameters()).device
+    device = device_of(policy)
     out = []
     for start in range(0, len(rows["target"]), batch_size):
         part = {k: v[start : start + batch_size] for k, v in rows.items()}

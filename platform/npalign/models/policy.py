@@ -312,6 +312,11 @@ def available_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def base_dtype(name: str) -> torch.dtype:
     """`policy.dtype` as a torch dtype ("auto": bfloat16 on a GPU that supports it)."""
     if name == "auto":
@@ -391,7 +396,7 @@ class PolicyCheckpoint:
 
     @property
     def device(self) -> torch.device:
-        return next(self.policy.parameters()).device
+        return device_of(self.policy)
 
 
 def save_policy(
