@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", required=True, help="a policy checkpoint folder")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a policy checkpoint folder: a path or a URI"
+    )
     parser.add_argument("--prompt", action="append", required=True, help="repeat for several")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--choices", help="JSONL of the user's {prompt, chosen, rejected}")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        checkpoint = load_policy(Path(args.checkpoint), available_device())
+        checkpoint = load_policy(args.checkpoint, available_device())
         if args.choices:
             choices = read_choices(args.choices)
         elif args.steer_user:

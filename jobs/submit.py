@@ -23,7 +23,13 @@ from npalign.runtime_env import code_runtime_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # Settings the job's processes need as the submitting shell has them.
-FORWARDED = ("NPALIGN_CACHE", "NPALIGN_ADMIN_TOKEN", "NPALIGN_USER_TOKENS", "HF_HOME")
+FORWARDED = (
+    "NPALIGN_CACHE",
+    "NPALIGN_ADMIN_TOKEN",
+    "NPALIGN_USER_TOKENS",
+    "HF_HOME",
+    "AWS_ENDPOINT_URL",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

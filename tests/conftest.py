@@ -1,6 +1,11 @@
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +96,47 @@ def postgres_databases(postgres_server):
 def postgres_url(postgres_databases):
     """A fresh, empty database for one test."""
     return postgres_databases()
+
+
+def upload_folder(local: Path, uri: str) -> str:
+    """A local folder copied to `uri` (a bucket folder); that URI."""
+    from pyarrow import fs
+
+    from npalign.files import Location
+
+    target = Location(uri)
+    fs.copy_files(str(local), target.path, destination_filesystem=target.fs)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def bucket():
+    """An S3 bucket on a real S3-compatible server (moto's server mode) on 127.0.0.1, started
+    here; the URI of a folder in it."""
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "moto_server did not start"
+                time.sleep(0.2)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket="npalign"
+        )
+        yield f"s3://npalign/runs?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    finally:
+        server.terminate()
+        server.wait()

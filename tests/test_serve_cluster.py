@@ -1,5 +1,6 @@
 """The endpoint on two Ray nodes (a second raylet joined to the session's cluster on this
-machine), one replica pinned to each, sharing a real PostgreSQL store: what one replica writes
+machine), one replica pinned to each, serving a policy checkpoint kept in a real S3-compatible
+server (conftest's `bucket`) and sharing a real PostgreSQL store: what one replica writes
 the other serves at once, a delete is seen by both, and a replica killed with SIGKILL in the
 middle of a client's posts loses and duplicates none of its choices."""
 
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import requests
 
+from npalign.files import Location
+
 pytestmark = pytest.mark.ray
 
 PORT = 8124
@@ -23,7 +26,8 @@ def embeddings(value: float, pairs: int = 1) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_replicas(ray_nodes, postgres_databases, tmp_path_factory):
+def two_replicas(ray_nodes, postgres_databases, bucket, tmp_path_factory):
+    from conftest import upload_folder
     from ray import serve
     from test_serve import tiny_checkpoints
 
@@ -32,7 +36,8 @@ def two_replicas(ray_nodes, postgres_databases, tmp_path_factory):
 
     second = ray_nodes.add_node(num_cpus=1, resources={"npalign_node_b": 1})
     ray_nodes.wait_for_nodes()
-    policy, _ = tiny_checkpoints(tmp_path_factory.mktemp("serve-cluster"))
+    local, _ = tiny_checkpoints(tmp_path_factory.mktemp("serve-cluster"))
+    policy = upload_folder(local, bucket.replace("/runs?", "/serve-cluster/policy?"))
     store = postgres_databases()
     # Both nodes share this machine's address: one HTTP proxy, on the head, routes to both.
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": PORT})
@@ -53,7 +58,7 @@ def two_replicas(ray_nodes, postgres_databases, tmp_path_factory):
         )
         serve.run(build_app(config), name=f"node-{name}", route_prefix=f"/{name}")
     base = f"http://127.0.0.1:{PORT}"
-    yield {"a": f"{base}/a", "b": f"{base}/b", "store": store}
+    yield {"a": f"{base}/a", "b": f"{base}/b", "store": store, "policy": policy}
     serve.shutdown()
     ray_nodes.remove_node(second)
 
@@ -64,6 +69,7 @@ def test_the_two_replicas_run_on_two_nodes(two_replicas):
     placed = live_replicas()
     assert set(placed) == {"node-a", "node-b"}
     assert placed["node-a"]["node"] != placed["node-b"]["node"]
+    assert Location(two_replicas["policy"]).remote
 
 
 def test_a_user_added_through_one_replica_is_served_by_the_other(two_replicas):

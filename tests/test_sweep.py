@@ -1,6 +1,7 @@
 """Ray Tune sweeps of the reward job: config checks, a 2-trial sweep, interrupt and resume."""
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from npalign.config import ConfigError, SweepConfig, load_config, load_tree
+from npalign.files import Location
 from npalign.sweep import check_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,30 +79,45 @@ def test_a_policy_sweep_checks_its_space_against_the_policy_job(tmp_path):
     assert check_space(*free).policy.encoder_job is None
 
 
-def read_trials(folder: Path) -> list[dict]:
-    with open(folder / "trials.csv") as f:
-        return list(csv.DictReader(f))
+def read_trials(folder: Location) -> list[dict]:
+    return list(csv.DictReader(io.StringIO((folder / "trials.csv").read_text())))
+
+
+def listing(folder: Location) -> dict[str, float]:
+    """Every file under `folder` (a bucket folder): its path there → its modification time."""
+    from pyarrow import fs
+
+    selector = fs.FileSelector(folder.path, recursive=True, allow_not_found=True)
+    found = folder.fs.get_file_info(selector)
+    return {
+        f.path.removeprefix(folder.path + "/"): f.mtime.timestamp()
+        for f in found
+        if f.type == fs.FileType.File
+    }
 
 
 @pytest.mark.ray
 def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_default(
-    ray_cluster, tmp_path
+    ray_cluster, bucket, tmp_path
 ):
     """One 2-trial sweep covers both: driven by tune/sweep_reward.py in its own
     process, Ctrl-C'd after its first finished trial, resumed here, then its chosen config is
-    compared on the test split with the default one, which is the sweep's first trial."""
+    compared on the test split with the default one, which is the sweep's first trial. The sweep
+    folder is in a bucket of the local S3 server: Tune's state, the trials' episodes,
+    checkpoints and evaluations, the summary."""
     from npalign.evaluation.accuracy import evaluate_reward_model
     from npalign.models.reward import load_reward_model
     from npalign.recipes.reward import REWARD
     from npalign.sweep import resume_sweep, trial_config
 
+    sweeps = Location(bucket.replace("/runs?", "/sweeps?"))
     command = [
         sys.executable,
         str(ROOT / "tune/sweep_reward.py"),
         "--config",
         str(ROOT / "configs/sweep_synthetic.yaml"),
         *BASE,
-        f"output_dir={tmp_path}",
+        f"output_dir={sweeps}",
         # One trial at a time: Ctrl-C then lands between trials' fits, not inside one (a fit
         # torn down mid-epoch on 2 busy cores can outlast any sensible wait).
         "max_concurrent_trials=1",
@@ -111,21 +128,21 @@ def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_de
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 400
-    finished: list[Path] = []
+    finished: list[str] = []
     while not finished and time.monotonic() < deadline and sweep.poll() is None:
         time.sleep(1)
-        # Tune's record of a trial's last report: the final one carries "finished".
-        finished = [
-            r
-            for r in tmp_path.glob("sweep-synthetic-*/tune/*/result.json")
-            if '"finished": 1' in r.read_text()
-        ]
+        # A trial's evaluation, written just before its final report to Tune.
+        finished = [f for f in listing(sweeps) if f.endswith("/evaluation.json")]
     assert finished, sweep.stderr.read().decode()[-3000:] if sweep.poll() else "no trial finished"
-    time.sleep(3)  # the trial function returns right after its final report
+    time.sleep(5)  # the final report, then the trial function returns
     sweep.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
     sweep.wait(timeout=300)
-    folder = finished[0].parents[2]
-    done = {e.parent.name: e.stat().st_mtime for e in folder.glob("trials/*/evaluation.json")}
+    folder = sweeps / finished[0].split("/")[0]
+    done = {
+        f.split("/")[1]: mtime
+        for f, mtime in listing(folder).items()
+        if f.startswith("trials/") and f.endswith("/evaluation.json")
+    }
     assert len(done) == 1, done
 
     run = resume_sweep(folder)
@@ -133,12 +150,12 @@ def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_de
     # Every trial ran to its end or was stopped by ASHA; nothing errored or was left over.
     assert len(rows) == 2 and {r["status"] for r in rows} <= {"finished", "stopped early"}, rows
     status = {r["trial"]: r["status"] for r in rows}
-    starts = [line.split()[1] for line in (folder / "trial_starts.log").read_text().splitlines()]
     for trial, mtime in done.items():  # finished before Ctrl-C: kept, not run again
-        assert status[trial] == "finished" and starts.count(trial) == 1, starts
-        assert (folder / "trials" / trial / "evaluation.json").stat().st_mtime == mtime
+        starts = (folder / "trials" / trial / "starts.log").read_text().splitlines()
+        assert status[trial] == "finished" and len(starts) == 1, starts
+        assert listing(folder)[f"trials/{trial}/evaluation.json"] == mtime
     assert run.best is not None and run.best["status"] == "finished"
-    assert (folder / "accuracy_vs_context.png").stat().st_size > 0
+    assert (folder / "accuracy_vs_context.png").exists()
     best_config = load_config(folder / "best.yaml")  # a valid reward-job config
     assert best_config.models == ["npbtl"]
 
@@ -151,7 +168,7 @@ def test_interrupted_sweep_resumes_and_finds_a_config_at_least_as_good_as_the_de
     settings = sweep_settings.model_copy(update={"context_sizes": [5], "num_episodes": 1000})
 
     def accuracy_at_5(checkpoint) -> float:
-        model = load_reward_model(Path(checkpoint))
+        model = load_reward_model(checkpoint)
         scores = evaluate_reward_model(model, pairs["test"], settings, default.data.num_targets)
         return scores["average"][5]["mean"]
 

@@ -131,17 +131,22 @@ def small_synthetic_fit(folder: Path, overrides: list[str]):
     return config, pairs, episodes
 
 
-def test_a_killed_worker_resumes_mid_epoch_on_the_batches_it_had_not_reached(ray_cluster, tmp_path):
-    """Rank 0's process is killed at step 13 of 20 (epoch 2 of 2, 10 steps each); the worker
-    group restarts from the step-12 checkpoint and trains steps 13-20 only: the batches it had
-    not reached (which rows those are is fixed by the file: see the rank_batches test)."""
-    from npalign.train.loop import kept
+def test_a_killed_worker_resumes_mid_epoch_and_a_stopped_fit_stays_stopped(ray_cluster, tmp_path):
+    """Rank 0's process is killed at step 13 (epoch 2 of 4, 10 steps each); the worker group
+    restarts from the step-12 checkpoint and trains steps 13-20 only: the batches it had not
+    reached (which rows those are is fixed by the file: see the rank_batches test). At a learning
+    rate too small to move a weight val_nll is the same every epoch, so with patience 1 the fit
+    then stops after epoch 2 and keeps epoch 1's checkpoint; run again on its storage (a driver
+    that died before the evaluation) it trains no further."""
+    from npalign.train.loop import kept, val_by_epoch
     from npalign.train.reward import fit_reward_model
 
     config, pairs, episodes = small_synthetic_fit(
         tmp_path,
         [
-            "train.epochs=2",
+            "train.epochs=4",
+            "train.lr=1e-30",
+            "train.patience=1",
             "train.zero_stage=3",
             "train.checkpoint_every_steps=4",
             "train.max_failures=1",
@@ -149,19 +154,23 @@ def test_a_killed_worker_resumes_mid_epoch_on_the_batches_it_had_not_reached(ray
         ],
     )
     killed = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "killed")
-    assert killed.metrics["epoch"] == 2
     assert killed.metrics["start_step"] == 12  # the step checkpoint before the kill
     assert killed.metrics["step"] == 20
-    checkpoint = Path(killed.checkpoint.path)
-    shards = {p.name for p in (checkpoint / "deepspeed").iterdir()}
+    assert killed.metrics["epoch"] == 2 and killed.metrics["epochs_without_improvement"] == 1
+    shards = {p.name for p in (Path(killed.checkpoint.path) / "deepspeed").iterdir()}
     assert {
         "zero_pp_rank_0_mp_rank_00_model_states.pt",
         "zero_pp_rank_1_mp_rank_00_model_states.pt",
     } <= shards
-    load_reward_model(checkpoint)
     # the mid-epoch checkpoints never count as the best epoch
-    _, metrics = kept(killed, config.train)
-    assert "epoch_step" not in metrics and metrics["epoch"] in (1, 2)
+    checkpoint, metrics = kept(killed, config.train)
+    assert "epoch_step" not in metrics and metrics["epoch"] == 1
+    load_reward_model(Path(checkpoint.path))
+    curve = val_by_epoch(killed)  # the whole validation curve, as the run folder reports it
+    assert list(curve) == [1, 2] and curve[1] == metrics["val_nll"]
+    assert json.loads((Path(checkpoint.path) / "train_state.json").read_text())["epoch"] == 1
+    again = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "killed")
+    assert val_by_epoch(again) == curve
 
 
 def test_rank_batches_share_each_global_batch_in_order_and_skip_whole_batches(ray_cluster):
@@ -180,28 +189,6 @@ def test_rank_batches_share_each_global_batch_in_order_and_skip_whole_batches(ra
     assert sorted(sum(shares[0] + shares[1], [])) == list(range(rows - 3))
     skipped = [b["episode"].to_pylist() for b in rank_batches(dataset, 4, 1, 2, skip=15)]
     assert skipped == [[62, 63], [66, 67]]
-
-
-def test_training_stops_when_the_validation_loss_stops_falling(ray_cluster, tmp_path):
-    """At a learning rate too small to move a weight, val_nll is the same every epoch: with
-    patience 1 the fit stops after epoch 2 of 4, and the kept checkpoint is epoch 1's; run
-    again on its storage it trains no further."""
-    from npalign.train.loop import kept, val_by_epoch
-    from npalign.train.reward import fit_reward_model
-
-    config, pairs, episodes = small_synthetic_fit(
-        tmp_path, ["train.epochs=4", "train.lr=1e-30", "train.patience=1"]
-    )
-    result = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "checkpoints")
-    assert result.metrics["epoch"] == 2 and result.metrics["epochs_without_improvement"] == 1
-    checkpoint, metrics = kept(result, config.train)
-    assert metrics["epoch"] == 1
-    curve = val_by_epoch(result)  # the whole validation curve, as the run folder reports it
-    assert list(curve) == [1, 2] and curve[1] == metrics["val_nll"]
-    assert json.loads((Path(checkpoint.path) / "train_state.json").read_text())["epoch"] == 1
-    # resumed (a driver that died before the evaluation), the stopped fit stays stopped
-    again = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "checkpoints")
-    assert val_by_epoch(again) == curve
 
 
 @pytest.mark.parametrize("kind", ["trl", "rated"])

@@ -12,7 +12,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 from npalign.config import ConfigError, load_config
@@ -92,7 +91,7 @@ def run_sweep_job(doc: str, argv: list[str] | None, models: Registry) -> int:
     parser = job_parser(doc)
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--config", help="sweep YAML (see configs/sweep_*.yaml)")
-    start.add_argument("--resume", type=Path, help="sweep folder of an interrupted sweep")
+    start.add_argument("--resume", help="folder (a path or a URI) of an interrupted sweep")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep config")
     args = parser.parse_args(argv)
 

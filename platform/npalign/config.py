@@ -265,6 +265,11 @@ class TrainConfig(Strict):
     # a 2-core box deadlocks them).
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool | Literal["auto"] = "auto"
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each training worker needs, to place the workers on "
+        "the nodes that offer them (e.g. {npalign_trainer: 1})",
+    )
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload: Literal["none", "optimizer", "optimizer_and_params"] = Field(
         "none",
@@ -543,8 +548,12 @@ class ServeConfig(Strict):
     backpressure and access. Tokens are best given in the environment (NPALIGN_ADMIN_TOKEN,
     NPALIGN_USER_TOKENS as a JSON object user id → token), which fills them when unset here."""
 
-    policy: str = Field(..., description="NP-DPO checkpoint folder (jobs/train_policy.py)")
-    reward: str | None = Field(None, description="NP-BTL checkpoint folder, for /score")
+    policy: str = Field(
+        ..., description="NP-DPO checkpoint folder, a path or a URI (jobs/train_policy.py)"
+    )
+    reward: str | None = Field(
+        None, description="NP-BTL checkpoint folder, a path or a URI, for /score"
+    )
     store: str = Field(
         "",
         description="user store by URL: a SQLite file path (one node; '' = "

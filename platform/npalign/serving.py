@@ -22,7 +22,6 @@ import datetime
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -258,7 +257,7 @@ class SteerableEndpoint:
         torch.set_num_threads(self.config.threads_per_replica)
         # Ray shows a replica only the GPU it was given (gpus_per_replica), none otherwise.
         device = available_device()
-        self.policy = load_policy(Path(self.config.policy), device)
+        self.policy = load_policy(self.config.policy, device)
         positions = self.policy.policy.lm.config.max_position_embeddings
         if self.config.max_prompt_tokens + self.config.max_new_tokens > positions:
             raise ValueError(

@@ -17,7 +17,10 @@ accuracy). A sweep folder holds:
                          the recipe ran first applied)
     <name>-npbtl-*/      a policy sweep's NP-BTL encoder run
     tune/                Tune's experiment state (`resume_sweep` continues from it)
-    trials/<id>/         each trial's episodes, checkpoints and evaluation.json
+    trials/<id>/         each trial's episodes, checkpoints, evaluation.json and starts.log
+
+The folder is a path (on a cluster: one every node mounts) or a URI (s3://..., any filesystem
+pyarrow knows): Tune keeps its state there, Ray Train the trials' checkpoints.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ RECIPES = (REWARD, POLICY)
 
 @dataclass
 class SweepRun:
-    folder: Path
+    folder: Location
     rows: list[dict[str, Any]]  # one per trial, as in trials.csv
     best: dict[str, Any] | None
     table: str
@@ -134,24 +137,31 @@ def run_trial(
     config = trial_config(base, sweep, point)
     recipe = recipe_of(sweep.model)
     trial_id = ray.tune.get_context().get_trial_id()
-    trial_dir = Path(folder) / "trials" / trial_id
+    trial_dir = Location(folder) / "trials" / trial_id
     log.info("trial %s: %s", trial_id, point)
-    with open(Path(folder) / "trial_starts.log", "a") as starts:  # one line per (re)start
-        starts.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {trial_id}\n")
+    log_start(trial_dir / "starts.log")
     train = sample_train_val(config.data, splits.pairs)["train"]
     files = write_episodes({"train": train}, trial_dir / "episodes")
-    files["val"] = Path(val_episodes)
+    files["val"] = Location(val_episodes)
     # Same storage on a restart: the fit resumes from the trial's latest checkpoint.
     callbacks = [TuneReportCallback()]
     result = recipe.fit(config, sweep.model, splits, files, trial_dir, "fit", callbacks)
     checkpoint, metrics = kept(result, config.train)
-    scores = recipe.evaluate(config, Path(checkpoint.path), splits, "val", sweep.eval)
+    where = trial_dir.at(checkpoint.path)  # a path on the folder's filesystem → its URI
+    scores = recipe.evaluate(config, where, splits, "val", sweep.eval)
     write_json(trial_dir / "evaluation.json", scores)
     accuracy = {f"val_acc_m{m}": s["mean"] for m, s in scores["average"].items()}
-    ray.tune.report({**metrics, **accuracy, "finished": 1, "checkpoint": checkpoint.path})
+    ray.tune.report({**metrics, **accuracy, "finished": 1, "checkpoint": str(where)})
 
 
-def _trainable(base: dict, sweep: SweepConfig, folder: Path):
+def log_start(path: Location) -> None:
+    """One more line in a trial's starts.log (a trial runs in one process at a time; an object
+    store cannot append, so the log is rewritten whole)."""
+    earlier = path.read_text() if path.exists() else ""
+    write_text(path, f"{earlier}{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+
+
+def _trainable(base: dict, sweep: SweepConfig, folder: Location):
     """The trial function with the base config, the shared dataset and validation episodes
     bound (the config travels as data: trials run in other folders, maybe on other nodes; the
     dataset is rebuilt the same way on resume: it is deterministic)."""
@@ -159,7 +169,6 @@ def _trainable(base: dict, sweep: SweepConfig, folder: Path):
 
     config = trial_config(base, sweep, {})
     splits = recipe_of(sweep.model).load(config)
-    folder = folder.resolve()  # trials run in their own working directories
     val_file = folder / "episodes" / "val.parquet"
     if not val_file.exists():
         # Context sizes of the sweep's evaluation, not of any trial's training: a trial that
@@ -167,7 +176,8 @@ def _trainable(base: dict, sweep: SweepConfig, folder: Path):
         sizes = sweep.eval.context_sizes
         spanning = {"min_context": min(sizes), "max_context": max(sizes)}
         val_data = config.data.model_copy(update=spanning)
-        write_episodes({"val": sample_train_val(val_data, splits.pairs)["val"]}, val_file.parent)
+        val = sample_train_val(val_data, splits.pairs)["val"]
+        write_episodes({"val": val}, folder / "episodes")
     trainable = tune.with_parameters(
         run_trial,
         base=base,
@@ -186,12 +196,7 @@ def run_sweep(sweep: SweepConfig) -> SweepRun:
 
     base = load_tree(sweep.base, sweep.overrides)
     config = check_space(base, sweep)
-    if Location(sweep.output_dir).remote:
-        raise ConfigError(
-            f"output_dir {sweep.output_dir!r}: a sweep's folder must be a path (on a cluster, "
-            "one every node mounts); jobs take URIs"
-        )
-    folder = Path(new_run_folder(sweep.output_dir, sweep.name))
+    folder = absolute(new_run_folder(sweep.output_dir, sweep.name))
     write_text(folder / SWEEP_FILE, yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
     log.info("sweep folder: %s", folder)
     # What the recipe runs first (a policy's NP-BTL encoder) runs once, in the sweep folder, and
@@ -216,26 +221,36 @@ def run_sweep(sweep: SweepConfig) -> SweepRun:
                 reduction_factor=sweep.reduction_factor,
             ),
         ),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.resolve())),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=folder.path, storage_filesystem=folder.fs
+        ),
     )
     return summarize(base, sweep, folder, tuner.fit())
 
 
-def resume_sweep(folder: Path) -> SweepRun:
+def absolute(folder: str | Path | Location) -> Location:
+    """`folder` as trials see it from their own working directories (a URI as it is)."""
+    folder = Location(folder)
+    return folder if folder.remote else Location(Path(folder.path).resolve())
+
+
+def resume_sweep(folder: str | Path | Location) -> SweepRun:
     """Continue an interrupted sweep: finished trials are kept, the others run (an interrupted
     trial's fit resumes from its latest checkpoint)."""
     from ray import tune
 
     from npalign.config import load_config
 
+    folder = absolute(folder)
     if not (folder / SWEEP_FILE).exists() or not (folder / TUNE_DIR).is_dir():
         raise ConfigError(f"{folder}: not a sweep folder (no {SWEEP_FILE} or {TUNE_DIR}/)")
     sweep = load_config(folder / SWEEP_FILE, schema=SweepConfig)
     base = load_tree(folder / BASE_FILE)
     log.info("resuming sweep %s", folder)
     tuner = tune.Tuner.restore(
-        str((folder / TUNE_DIR).resolve()),
+        (folder / TUNE_DIR).path,
         trainable=_trainable(base, sweep, folder),
+        storage_filesystem=folder.fs,
         resume_unfinished=True,
         resume_errored=True,
     )
@@ -247,7 +262,7 @@ def max_epochs(sweep: SweepConfig, base) -> int:
     return max([base.train.epochs, *(dim.values() if dim else [])])
 
 
-def summarize(base: dict, sweep: SweepConfig, folder: Path, results) -> SweepRun:
+def summarize(base: dict, sweep: SweepConfig, folder: Location, results) -> SweepRun:
     """trials.csv, best.yaml and the plot, from Tune's ResultGrid and each trial's evaluation."""
     context_sizes = sweep.eval.context_sizes
     rows = []
@@ -308,7 +323,7 @@ def format_trials(rows: list[dict[str, Any]], sweep: SweepConfig) -> str:
     return "\n".join(lines)
 
 
-def plot_best(trials: list[dict[str, Any]], sweep: SweepConfig, folder: Path) -> None:
+def plot_best(trials: list[dict[str, Any]], sweep: SweepConfig, folder: Location) -> None:
     import json
 
     from npalign.evaluation.accuracy import plot_accuracy

@@ -89,7 +89,7 @@ def generation_study(
     types = {t.name: t for t in job.data.steer.types}
     rng = np.random.default_rng(job.eval.seed)
 
-    npdpo = load_policy(Path(checkpoints["npdpo"]), available_device())
+    npdpo = load_policy(checkpoints["npdpo"], available_device())
     out: dict = {"prompts": len(prompts), "max_new_tokens": tokens, "npdpo": {}, "samples": {}}
     for name, user_type in types.items():
         score = SCORERS[user_type.attribute]
@@ -124,7 +124,7 @@ def generation_study(
                 np.mean(values),
                 time.perf_counter() - started,
             )
-    dpo = load_policy(Path(checkpoints["dpo"]), available_device())
+    dpo = load_policy(checkpoints["dpo"], available_device())
     pooled = generate(dpo, prompts, None, tokens, decoding=job.policy.decoding)
     with npdpo.policy.reference():  # LoRA and FiLM off: the base model
         base = generate(npdpo, prompts, None, tokens, decoding=job.policy.decoding)

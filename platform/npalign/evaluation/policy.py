@@ -18,6 +18,7 @@ from npalign.data.episodes import episode_arrays
 from npalign.data.preferences import PairTable
 from npalign.data.sequences import TokenizedPairs, collate_policy
 from npalign.evaluation.accuracy import evaluate_by_context
+from npalign.files import Location
 from npalign.models.policy import available_device, device_of, dpo_loss, load_policy
 
 
@@ -54,7 +55,7 @@ def implicit_reward_accuracy(
 
 
 def evaluate_policy(
-    checkpoint: Path,
+    checkpoint: str | Path | Location,
     pairs: PairTable,
     tokens: TokenizedPairs,
     settings: EvalConfig,

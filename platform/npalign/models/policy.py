@@ -361,8 +361,7 @@ def steerable(
     if config.encoder_init:
         from npalign.models.reward import load_reward_model
 
-        with Location(config.encoder_init).local_copy() as folder:  # a path or a URI
-            reward = load_reward_model(folder)
+        reward = load_reward_model(config.encoder_init)  # a path or a URI
         encoder.load_state_dict(reward.context_encoder.state_dict())  # strict: dims must match
     targets = config.lora_targets
     lora = LoraSettings(
@@ -426,17 +425,22 @@ def save_policy(
     write_json(folder / SPEC_FILE, spec)
 
 
-def load_policy(folder: Path, device: torch.device | str = "cpu") -> PolicyCheckpoint:
-    """The policy of a checkpoint folder, in eval mode on `device` (the base LM in
-    `policy.dtype`: bfloat16 on a GPU by default); every trained tensor must be there and
-    nothing else (strict)."""
+def load_policy(
+    folder: str | Path | Location, device: torch.device | str = "cpu"
+) -> PolicyCheckpoint:
+    """The policy of a checkpoint folder (a path or a URI), in eval mode on `device` (the base LM
+    in `policy.dtype`: bfloat16 on a GPU by default); every trained tensor must be there and
+    nothing else (strict). Only the spec and the trained weights are read, never the ZeRO shards
+    beside them."""
     from safetensors.torch import load_file
 
+    folder = Location(folder)
     spec = json.loads((folder / SPEC_FILE).read_text())
     # The trained encoder is in the weights: an initialising NP-BTL run is not needed (nor read).
     config = PolicyConfig.model_validate(spec["policy"]).model_copy(update={"encoder_init": None})
     policy, tokenizer = build_policy(config, spec["feature_dim"], spec["use_latent"])
-    state = load_file(str(folder / WEIGHTS_FILE))
+    with (folder / WEIGHTS_FILE).local_copy() as weights:
+        state = load_file(str(weights))
     expected = trainable_state(policy)
     if set(state) != expected:
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

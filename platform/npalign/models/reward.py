@@ -18,7 +18,7 @@ from torch import nn
 
 from npalign.config import ModelConfig
 from npalign.data.episodes import EpisodeBatch
-from npalign.files import atomic_path, write_json
+from npalign.files import Location, atomic_path, write_json
 from npalign.models.context import ContextEncoder, Latent, mlp
 from npalign.registry import REWARD_MODELS
 
@@ -177,12 +177,14 @@ def save_reward_model(
     write_json(folder / SPEC_FILE, spec)
 
 
-def load_reward_model(folder: str | Path) -> nn.Module:
-    """Rebuild a reward model saved by `save_reward_model`; strict: every weight must match."""
-    folder = Path(folder)
+def load_reward_model(folder: str | Path | Location) -> nn.Module:
+    """Rebuild a reward model saved by `save_reward_model` in a folder (a path or a URI; the
+    ZeRO shards beside it are not read); strict: every weight must match."""
+    folder = Location(folder)
     spec = json.loads((folder / SPEC_FILE).read_text())
     model = build_reward_model(
         spec["kind"], ModelConfig.model_validate(spec["model"]), spec["feature_dim"]
     )
-    model.load_state_dict(load_file(folder / MODEL_FILE), strict=True)
+    with (folder / MODEL_FILE).local_copy() as weights:
+        model.load_state_dict(load_file(weights), strict=True)
     return model.eval()

@@ -142,8 +142,7 @@ def fit_and_evaluate(
     fit = recipe.fit(job, model, splits, files, storage, name)
     checkpoint, metrics = kept(fit, job.train)
     where = storage.at(checkpoint.path)  # a path on the storage's filesystem → its URI
-    with where.local_copy() as local:
-        result = recipe.evaluate(job, local, splits, job.eval.split, job.eval)
+    result = recipe.evaluate(job, where, splits, job.eval.split, job.eval)
     return {
         **result,
         "checkpoint": str(where),
@@ -226,8 +225,8 @@ def finished_or_fit(folder: Location, name: str, fit: Callable[[], dict]) -> dic
 
 def rescore(job, recipe: Recipe, checkpoint: str, splits: Splits, split: str) -> dict:
     """`recipe.evaluate` of a checkpoint given by path or URI, and that checkpoint."""
-    with Location(checkpoint).local_copy() as local:
-        return recipe.evaluate(job, local, splits, split, job.eval) | {"checkpoint": checkpoint}
+    scores = recipe.evaluate(job, Location(checkpoint), splits, split, job.eval)
+    return scores | {"checkpoint": checkpoint}
 
 
 def rescore_run(job, recipe: Recipe, folder: str | Path | Location) -> Run:

@@ -11,8 +11,6 @@ the policy (they must match to load its weights) and the policy's training resou
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from npalign.config import (
     EvalConfig,
     PolicyJobConfig,
@@ -25,6 +23,7 @@ from npalign.data.embed import embed_pairs
 from npalign.data.sequences import tokenize_pairs
 from npalign.data.sources import source_splits
 from npalign.evaluation.policy import evaluate_policy
+from npalign.files import Location
 from npalign.recipes.outline import Recipe, Run, Splits, run_recipe
 from npalign.recipes.reward import REWARD
 from npalign.registry import POLICY_MODELS
@@ -57,17 +56,19 @@ def fit(job: PolicyJobConfig, model: str, splits: Splits, files, storage, name, 
 
 
 def evaluate(
-    job: PolicyJobConfig, checkpoint: Path, splits: Splits, split: str, settings: EvalConfig
+    job: PolicyJobConfig, checkpoint: Location, splits: Splits, split: str, settings: EvalConfig
 ) -> dict:
-    """Scored in a Ray task placed like one training worker (its CPUs, a GPU when they use
-    GPUs), not in the driver: on a cluster the driver sits on a head node with no room for a
-    model."""
+    """Scored in a Ray task placed like one training worker (its CPUs and custom resources, a
+    GPU when they use GPUs), not in the driver: on a cluster the driver sits on a head node with
+    no room for a model."""
     import ray
 
     from npalign.train.loop import uses_gpu  # Ray Train: loaded only to place the task
 
     cpus = job.train.cpus_per_worker
-    task = ray.remote(evaluate_in_task).options(num_cpus=cpus, num_gpus=int(uses_gpu(job.train)))
+    task = ray.remote(evaluate_in_task).options(
+        num_cpus=cpus, num_gpus=int(uses_gpu(job.train)), resources=job.train.worker_resources
+    )
     args = (splits.pairs[split], splits.tokens[split], settings, job.data.num_targets)
     return ray.get(task.remote(max(1, round(cpus)), checkpoint, *args, job.policy.beta))
 

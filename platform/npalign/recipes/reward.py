@@ -3,12 +3,11 @@ on any data source; text sources are embedded by a frozen encoder first (Ray Dat
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from npalign.config import EvalConfig, RewardJobConfig
 from npalign.data.embed import embed_pairs
 from npalign.data.sources import source_splits
 from npalign.evaluation.accuracy import evaluate_reward_model
+from npalign.files import Location
 from npalign.models.reward import load_reward_model
 from npalign.recipes.outline import Recipe, Splits, no_keys, nothing_first
 from npalign.registry import DATA_SOURCES, REWARD_MODELS
@@ -31,7 +30,7 @@ def fit(job: RewardJobConfig, model: str, splits: Splits, files, storage, name, 
 
 
 def evaluate(
-    job: RewardJobConfig, checkpoint: Path, splits: Splits, split: str, settings: EvalConfig
+    job: RewardJobConfig, checkpoint: Location, splits: Splits, split: str, settings: EvalConfig
 ) -> dict:
     model = load_reward_model(checkpoint)
     return evaluate_reward_model(model, splits.pairs[split], settings, job.data.num_targets)

@@ -344,7 +344,11 @@ def uses_gpu(train: TrainConfig) -> bool:
 
 def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
     use_gpu = uses_gpu(train)
-    resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    resources = {
+        **train.worker_resources,
+        "CPU": train.cpus_per_worker,
+        **({"GPU": 1} if use_gpu else {}),
+    }
     return ray.train.ScalingConfig(
         num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
     )
