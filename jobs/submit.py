@@ -22,13 +22,17 @@ from pathlib import Path
 from npalign.runtime_env import code_runtime_env
 
 ROOT = Path(__file__).resolve().parents[1]
-# Settings the job's processes need as the submitting shell has them.
+# Settings the job's processes need as the submitting shell has them. Cloud credentials are not
+# among them (the job's settings are shown on the dashboard): nodes take theirs from their own
+# environment or instance role.
 FORWARDED = (
     "NPALIGN_CACHE",
     "NPALIGN_ADMIN_TOKEN",
     "NPALIGN_USER_TOKENS",
     "HF_HOME",
     "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
 )
 
 

@@ -13,8 +13,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # No token auth for the loopback test cluster (and no token file left for a later `ray start`).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# The local S3 server's credentials (any will do; test_storage.py starts it), set before the Ray
-# cluster starts so that its workers reach the run folders stored there too.
+# The local S3 server's credentials (any will do; the `bucket` fixture starts it), set before the
+# Ray cluster starts so that its workers reach the run folders stored there too.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "npalign-test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "npalign-test")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")

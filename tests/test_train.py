@@ -157,6 +157,7 @@ def test_a_killed_worker_resumes_mid_epoch_and_a_stopped_fit_stays_stopped(ray_c
     assert killed.metrics["start_step"] == 12  # the step checkpoint before the kill
     assert killed.metrics["step"] == 20
     assert killed.metrics["epoch"] == 2 and killed.metrics["epochs_without_improvement"] == 1
+    load_reward_model(Path(killed.checkpoint.path))  # written after the restart
     shards = {p.name for p in (Path(killed.checkpoint.path) / "deepspeed").iterdir()}
     assert {
         "zero_pp_rank_0_mp_rank_00_model_states.pt",

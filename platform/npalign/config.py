@@ -327,6 +327,18 @@ class TrainConfig(Strict):
             )
         return self
 
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name in ("CPU", "GPU", "memory"):
+                raise ValueError(f"{name}: set by cpus_per_worker / use_gpu, not here")
+            if amount <= 0 or (amount > 1 and amount != int(amount)):
+                raise ValueError(
+                    f"{name}: {amount} (Ray takes a fraction up to 1 or a whole number)"
+                )
+        return resources
+
     @model_validator(mode="after")
     def _batch_divides(self):
         parts = self.num_workers * self.gradient_accumulation_steps

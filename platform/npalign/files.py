@@ -155,17 +155,11 @@ class Location:
 
     @contextlib.contextmanager
     def local_copy(self) -> Iterator[Path]:
-        """This folder (or file) on local disk for the block: itself, or a temporary download."""
+        """This file on local disk for the block: itself, or a temporary download."""
         if not self.remote:
             yield Path(self.path)
             return
-        from pyarrow import fs
-
         with tempfile.TemporaryDirectory(prefix="npalign-") as tmp:
             target = Path(tmp) / self.name
-            if self.is_dir():
-                target.mkdir()
-                fs.copy_files(self.path, str(target), source_filesystem=self.fs)
-            else:
-                target.write_bytes(self.read_bytes())
+            target.write_bytes(self.read_bytes())
             yield target

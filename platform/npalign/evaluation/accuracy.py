@@ -23,7 +23,7 @@ from npalign.config import EvalConfig
 from npalign.data.episodes import collate, context_prefix, episode_arrays, sample_episodes
 from npalign.data.preferences import PairTable
 from npalign.evaluation.statistics import mean_sem, type_means
-from npalign.files import atomic_path
+from npalign.files import Location, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def format_table(
 def plot_accuracy(
     results: dict[str, dict],
     context_sizes: list[int],
-    path: str | Path,
+    path: str | Path | Location,
     reference: dict[str, list[float]] | None = None,
 ) -> None:
     """Accuracy vs context size with 95 % interval bars (± SEM where there is no interval), one
@@ -206,7 +206,7 @@ def plot_accuracy(
     save_plot(fig, ax, path)
 
 
-def save_plot(fig, ax, path: str | Path) -> None:
+def save_plot(fig, ax, path: str | Path | Location) -> None:
     """Grid, legend, layout, then the PNG written atomically; the figure is closed."""
     import matplotlib.pyplot as plt
 

@@ -98,7 +98,7 @@ class Recipe:
     prepared_keys: Callable[[Any], tuple[str, ...]]
     load: Callable[[Any], Splits]
     fit: Callable[..., Any]
-    evaluate: Callable[[Any, Path, Splits, str, EvalConfig], dict]
+    evaluate: Callable[[Any, Location, Splits, str, EvalConfig], dict]
 
 
 def nothing_first(job) -> tuple[Any, dict[str, Run]]:
