@@ -1,14 +1,13 @@
 """Asking the right questions: how many chosen questions identify a new user, against random ones.
 
 For each task an NP-BTL is trained through the reward recipe (configs/active_*.yaml; variational
-on the synthetic task, deterministic on steer, where a variational one did not learn),
-then `npalign.evaluation.questions.questions_study` runs on the test split: 300 simulated users,
-each with 20 scored targets and a disjoint pool of 100 pairs they labelled; the context starts
-empty and grows by one answered question at a time, chosen by BALD (the default for a
-variational latent), lookahead (EPIG; the default for a deterministic one), predictive entropy or
-at random — the same users, pools and
-targets for every selector, compared pair by pair with random (95 % intervals from a bootstrap
-over the targets' prompts). Nothing is tuned: selectors, sizes and seeds are fixed here.
+on the synthetic task, deterministic on steer), then `npalign.evaluation.questions.questions_study`
+runs on the test split (`--split val` to choose on): 300 simulated users, each with 20 scored
+targets and a disjoint pool of 100 pairs they labelled; the context starts empty and grows by one
+answered question at a time, chosen by BALD (the default for a variational latent), lookahead
+(EPIG; the default for a deterministic one), predictive entropy or at random — the same users,
+pools and targets for every selector, compared pair by pair with random (95 % intervals from a
+bootstrap over the targets' prompts). Nothing is tuned here: selectors, sizes and seeds are fixed.
 
 - synthetic: six single-peaked user types whose preferences agree on most pairs.
 - steer: concise, detailed, formal and casual users on every pair none of them sees as a tie.
@@ -94,10 +93,22 @@ def main() -> None:
         metavar=("TASK", "FOLDER"),
         help="score an NP-BTL trained earlier for TASK instead of training one",
     )
+    parser.add_argument(
+        "--split",
+        choices=["val", "test"],
+        default="test",
+        help="the split the simulated users come from: val to choose on, test to report once",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     given = dict(args.checkpoint or [])
-    out: dict = {"selectors": SELECTORS, "users": USERS, "pool": POOL, "targets": TARGETS}
+    out: dict = {
+        "selectors": SELECTORS,
+        "users": USERS,
+        "pool": POOL,
+        "targets": TARGETS,
+        "split": args.split,
+    }
     studies = {}
     for task in args.tasks:
         start = time.perf_counter()
@@ -109,12 +120,12 @@ def main() -> None:
             checkpoint, splits = run.results["npbtl"]["checkpoint"], run.splits
             accuracy = run.results["npbtl"]["average"]
         model = load_reward_model(checkpoint)
-        test = splits.pairs["test"]
+        pairs = splits.pairs[args.split]
         active = default_selector(model)
         selectors = [s for s in SELECTORS if s != "bald" or model.variational]
-        study = questions_study(model, test, selectors, USERS, POOL, TARGETS, QUESTIONS, SEED)
+        study = questions_study(model, pairs, selectors, USERS, POOL, TARGETS, QUESTIONS, SEED)
         study["select_1000_s"] = {
-            s: selection_seconds(model, test.feature_dim, s)
+            s: selection_seconds(model, pairs.feature_dim, s)
             for s in ("bald", "lookahead")
             if s in selectors
         }

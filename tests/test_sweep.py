@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # trains on at most 1 context pair; the space also tries 10.
 BASE = [
     "base=" + str(ROOT / "configs/synthetic.yaml"),
-    "overrides=[data.synthetic.num_pairs=4000, data.train_episodes=6400, data.val_episodes=500,"
+    "overrides=[data.synthetic.num_pairs=4000, data.train_episodes=3200, data.val_episodes=500,"
     " train.epochs=2, train.cpus_per_worker=0.2, data.max_context=1, model.latent_dim=16]",
     "eval.num_episodes=500",
 ]

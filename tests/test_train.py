@@ -31,7 +31,7 @@ SMALL_TEXT_RUN = [
 
 def test_main_job_killed_and_resumed_trains_npbtl_with_zero2(ray_nodes, tmp_path, capsys):
     """The reward job runs as `ray job submit` would run it; its driver is killed (SIGKILL) once
-    the fit has a registered checkpoint (every 40 steps, mid-epoch). `--resume FOLDER` finishes
+    the fit has a registered checkpoint (every 20 steps, mid-epoch). `--resume FOLDER` finishes
     the same run in the same folder from there, and the run is what a whole one would be."""
     import os
     import signal
@@ -39,18 +39,21 @@ def test_main_job_killed_and_resumed_trains_npbtl_with_zero2(ray_nodes, tmp_path
     import sys
     import time
 
+    from npalign.recipes.outline import rescore_run
+    from npalign.recipes.reward import REWARD
+
     argv = [
         "--config",
         str(ROOT / "configs/synthetic.yaml"),
         f"run.output_dir={tmp_path}",
         "models=[npbtl]",
         "data.synthetic.num_pairs=2000",
-        "data.train_episodes=6400",
+        "data.train_episodes=3200",
         "data.val_episodes=256",
         "train.epochs=2",
         "train.zero_stage=2",
         "train.gradient_accumulation_steps=2",
-        "train.checkpoint_every_steps=40",  # 100 steps an epoch
+        "train.checkpoint_every_steps=20",  # 50 steps an epoch
         "eval.num_episodes=300",
     ]
     env = {**os.environ, "RAY_ADDRESS": ray_nodes.address}
@@ -73,9 +76,13 @@ def test_main_job_killed_and_resumed_trains_npbtl_with_zero2(ray_nodes, tmp_path
     assert (folder / "results" / "npbtl.json").exists()
     npbtl = json.loads((folder / "metrics.json").read_text())["results"]["npbtl"]
     assert npbtl["last_epoch_metrics"]["epoch"] == 2
-    assert npbtl["last_epoch_metrics"]["start_step"] >= 40  # went on from a checkpoint
+    assert npbtl["last_epoch_metrics"]["start_step"] >= 20  # went on from a checkpoint
     assert (folder / "accuracy.png").stat().st_size > 0
     assert "npbtl" in (folder / "table.txt").read_text()
+    # the finished run scored again, nothing trained: the same test figures
+    again = rescore_run(load_config(folder / "config.yaml", schema=REWARD.schema), REWARD, folder)
+    rescored = {str(m): s["mean"] for m, s in again.results["npbtl"]["average"].items()}
+    assert rescored == {m: s["mean"] for m, s in npbtl["average"].items()}
 
     # the loss falls from epoch to epoch and ends well below chance (log 2)
     states = {
@@ -192,25 +199,16 @@ def test_rank_batches_share_each_global_batch_in_order_and_skip_whole_batches(ra
     assert skipped == [[62, 63], [66, 67]]
 
 
-@pytest.mark.parametrize("kind", ["trl", "rated"])
-def test_the_reward_job_trains_on_a_users_own_file(ray_cluster, tmp_path, capsys, kind):
+def test_the_reward_job_trains_on_a_users_own_file(ray_cluster, tmp_path, capsys):
     """A user's own file through the reward job (Ray Data embeds it, Ray Train fits NP-BTL,
     the test split is scored by context size): TRL's format (prompt/chosen/rejected, half as chat
-    messages, a user and a user-type column), or a table of responses rated on two attributes."""
+    messages, a user and a user-type column). A table of responses rated on attributes takes the
+    same path once read (`records (rated)` in test_no_leak.py)."""
     from test_job import load_job
-    from test_no_leak import RATED, steer_rows, write_rated_parquet, write_trl_jsonl
+    from test_no_leak import steer_rows, write_trl_jsonl
 
-    if kind == "trl":
-        path, types = tmp_path / "prefs.jsonl", ["concise", "detailed"]
-        write_trl_jsonl(path, steer_rows())
-        records = ["data.records.format=trl", "data.records.columns.user_type=user_type"]
-        # Long enough (300 steps) for NP-BTL to learn to read the context; the rated file
-        # only has to make the same way through.
-        longer = ["data.train_episodes=6400", "train.epochs=3"]
-    else:
-        path, types = tmp_path / "rated.parquet", ["brevity", "detail"]
-        write_rated_parquet(path, steer_rows())
-        records, longer = [f"data.records={json.dumps(RATED)}"], []
+    path = tmp_path / "prefs.jsonl"
+    write_trl_jsonl(path, steer_rows())
     job = load_job("train_reward")
     code = job.main(
         [
@@ -219,19 +217,22 @@ def test_the_reward_job_trains_on_a_users_own_file(ray_cluster, tmp_path, capsys
             f"run.output_dir={tmp_path}",
             "data.source=records",
             f"data.path={path}",
-            *records,
+            "data.records.format=trl",
+            "data.records.columns.user_type=user_type",
             "models=[npbtl]",
             *SMALL_TEXT_RUN,
-            *longer,
+            # Long enough (300 steps) for NP-BTL to learn to read the context.
+            "data.train_episodes=6400",
+            "train.epochs=3",
         ]
     )
     assert code == 0
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("run folder: "))
     npbtl = json.loads((folder / "metrics.json").read_text())["results"]["npbtl"]
-    assert sorted(npbtl["by_type"]) == types and set(npbtl["average"]) == {"0", "3"}
-    if longer:
-        # The users disagree on every pair: three of a user's choices tell who they are.
-        assert npbtl["average"]["3"]["mean"] > npbtl["average"]["0"]["mean"] + 20
+    assert sorted(npbtl["by_type"]) == ["concise", "detailed"]
+    assert set(npbtl["average"]) == {"0", "3"}
+    # The users disagree on every pair: three of a user's choices tell who they are.
+    assert npbtl["average"]["3"]["mean"] > npbtl["average"]["0"]["mean"] + 20
 
 
 def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_path):
@@ -263,7 +264,7 @@ def test_steer_task_embeds_text_and_trains_an_oracle_per_type(ray_cluster, tmp_p
 
 def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
     from npalign.config import PolicyJobConfig
-    from npalign.recipes.outline import rescore_run, run_recipe
+    from npalign.recipes.outline import run_recipe
     from npalign.recipes.policy import POLICY
 
     job = load_config(
@@ -318,10 +319,6 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
         assert 0 <= npdpo["average"][m]["mean"] <= 100
         low, high = npdpo["average"][m]["ci"]
         assert low <= npdpo["average"][m]["mean"] <= high
-
-    # The finished run scored again, nothing trained: the same test figures.
-    again = rescore_run(job, POLICY, run.folder)
-    assert again.results["npdpo"]["average"] == npdpo["average"]
 
 
 def test_a_bar_closed_twice_leaves_no_ghost_after_the_fit():

@@ -8,9 +8,9 @@ gets a score and the best one not yet asked is the next question. Selectors (`QU
   (a deterministic one has no spread to sample).
 - "lookahead" (any latent; the default for a deterministic one): the expected information the
   answer brings about the user's answers on the pair itself and on up to 64 other pairs of the
-  pool (probes), E_y KL(p(y' | C, y) ‖ p(y' | C)) averaged over them — EPIG, with the NP's
+  pool (probes), the mutual information I(y; y' | C) averaged over them — EPIG, with the NP's
   amortised posterior standing in for Bayes' rule: C ∪ {(pair, y)} goes through the context
-  encoder for both answers.
+  encoder for both answers, and y' is predicted by those two futures mixed by y's odds.
 - "entropy": the predictive entropy H(p(y | C)) at z's mean: the pair the model is least sure
   about (a baseline; it cannot tell the user's randomness from its own ignorance).
 - "random": uniform scores (the baseline of users who label whatever they are shown).
@@ -106,7 +106,6 @@ def lookahead(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch
         pool.candidate_b[:, probes],
         pool.available[:, probes],
     )
-    before = answer_probability(model, probe_pool, now[:, None])  # (users, 1, probes)
     other = probes[None] != torch.arange(candidates, device=device)[:, None]  # (cand., probes)
     valid = (pool.available[:, None, probes] & other[None]).float()  # (users, cand., probes)
     m = pool.context_chosen.shape[1]
@@ -123,21 +122,32 @@ def lookahead(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch
         dim=2,
     ).reshape(-1, m + 1)
 
-    def gain(answer_b: bool) -> torch.Tensor:
-        """Mean KL of the predictions, on the probes and on the pair itself, once each candidate
-        is answered this way: (users, candidates)."""
+    def after(answer_b: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(b) once each candidate is answered this way: on the probes (users, cand., probes)
+        and on the pair itself (users, cand.)."""
         chosen = pool.candidate_b if answer_b else pool.candidate_a
         rejected = pool.candidate_a if answer_b else pool.candidate_b
         z = model.latent(
             grown(pool.context_chosen, chosen), grown(pool.context_rejected, rejected), mask
         ).mean.reshape(users, candidates, -1)
-        on_probes = _kl(answer_probability(model, probe_pool, z), before)  # (users, cand., probes)
         r_a = model.reward(pool.candidate_a.reshape(-1, 1, dim), z.reshape(users * candidates, -1))
         r_b = model.reward(pool.candidate_b.reshape(-1, 1, dim), z.reshape(users * candidates, -1))
-        itself = _kl(torch.sigmoid(r_b - r_a).reshape(users, candidates), p_b)
-        return ((on_probes * valid).sum(-1) + itself) / (valid.sum(-1) + 1)
+        itself = torch.sigmoid(r_b - r_a).reshape(users, candidates)
+        return answer_probability(model, probe_pool, z), itself
 
-    return (1 - p_b) * gain(False) + p_b * gain(True)
+    def information(if_a: torch.Tensor, if_b: torch.Tensor, weight_b: torch.Tensor):
+        """I(answer; later answer) when the answer is b with probability weight_b."""
+        mixed = (1 - weight_b) * if_a + weight_b * if_b
+        return (1 - weight_b) * _kl(if_a, mixed) + weight_b * _kl(if_b, mixed)
+
+    # The later answers are predicted by the two futures mixed by the answer's odds, not by the
+    # model's prediction now: the amortised posterior is no Bayes update, so the two differ, and
+    # against the prediction now an answer thought unlikely that throws z far would score without
+    # bound. Against the mixture the score is a mutual information: at most log 2 per pair.
+    (probes_a, itself_a), (probes_b, itself_b) = after(False), after(True)
+    on_probes = information(probes_a, probes_b, p_b[..., None])  # (users, candidates, probes)
+    itself = information(itself_a, itself_b, p_b)
+    return ((on_probes * valid).sum(-1) + itself) / (valid.sum(-1) + 1)
 
 
 @QUESTION_SELECTORS.register("entropy")
