@@ -80,7 +80,8 @@ class Location:
         self.fs = None
         self.scheme, self.query = "", ""
         if "://" not in text or text.startswith("file://"):
-            self.path = str(Path(text.removeprefix("file://")))
+            # Absolute: Ray's trials and workers run in other working directories.
+            self.path = os.path.abspath(text.removeprefix("file://"))
             return
         from pyarrow import fs
 

@@ -196,7 +196,7 @@ def run_sweep(sweep: SweepConfig) -> SweepRun:
 
     base = load_tree(sweep.base, sweep.overrides)
     config = check_space(base, sweep)
-    folder = absolute(new_run_folder(sweep.output_dir, sweep.name))
+    folder = new_run_folder(sweep.output_dir, sweep.name)
     write_text(folder / SWEEP_FILE, yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
     log.info("sweep folder: %s", folder)
     # What the recipe runs first (a policy's NP-BTL encoder) runs once, in the sweep folder, and
@@ -228,12 +228,6 @@ def run_sweep(sweep: SweepConfig) -> SweepRun:
     return summarize(base, sweep, folder, tuner.fit())
 
 
-def absolute(folder: str | Path | Location) -> Location:
-    """`folder` as trials see it from their own working directories (a URI as it is)."""
-    folder = Location(folder)
-    return folder if folder.remote else Location(Path(folder.path).resolve())
-
-
 def resume_sweep(folder: str | Path | Location) -> SweepRun:
     """Continue an interrupted sweep: finished trials are kept, the others run (an interrupted
     trial's fit resumes from its latest checkpoint)."""
@@ -241,7 +235,7 @@ def resume_sweep(folder: str | Path | Location) -> SweepRun:
 
     from npalign.config import load_config
 
-    folder = absolute(folder)
+    folder = Location(folder)
     if not (folder / SWEEP_FILE).exists() or not (folder / TUNE_DIR).is_dir():
         raise ConfigError(f"{folder}: not a sweep folder (no {SWEEP_FILE} or {TUNE_DIR}/)")
     sweep = load_config(folder / SWEEP_FILE, schema=SweepConfig)

@@ -356,8 +356,7 @@ def scaling_config(train: TrainConfig) -> ray.train.ScalingConfig:
 
 def read_episodes(where: Location, blocks: int | None = None) -> ray.data.Dataset:
     """An episode table as a Ray Data dataset, from local disk or a URI."""
-    path = where.path if where.remote else os.path.abspath(where)
-    return ray.data.read_parquet(path, filesystem=where.fs, override_num_blocks=blocks)
+    return ray.data.read_parquet(where.path, filesystem=where.fs, override_num_blocks=blocks)
 
 
 def ordered_train_data() -> ray.train.DataConfig:
@@ -398,7 +397,7 @@ def fit_task(
         run_config=ray.train.RunConfig(
             name=name,
             # Ray Train writes every rank's checkpoint there, on any filesystem pyarrow knows.
-            storage_path=storage.path if storage.remote else os.path.abspath(storage),
+            storage_path=storage.path,
             storage_filesystem=storage.fs,
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
             # The two best epochs' by val_nll and (always kept by Ray, to resume from) the latest.
