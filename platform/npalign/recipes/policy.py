@@ -92,7 +92,12 @@ def encoder_job(job: PolicyJobConfig) -> RewardJobConfig:
         {
             "data": job.data.model_dump(mode="json"),
             "train": job.train.model_dump(mode="json"),
-            "eval": {"context_sizes": job.eval.context_sizes, "seed": job.eval.seed},
+            # Scored on the policy's split: while settings are chosen, never the test split.
+            "eval": {
+                "context_sizes": job.eval.context_sizes,
+                "seed": job.eval.seed,
+                "split": job.eval.split,
+            },
         },
         own,
     )
