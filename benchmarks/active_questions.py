@@ -1,13 +1,13 @@
 """Asking the right questions: how many chosen questions identify a new user, against random ones.
 
-For each task an NP-BTL is trained through the reward recipe (configs/active_*.yaml; variational
-on the synthetic task, deterministic on steer), then `npalign.evaluation.questions.questions_study`
-runs on the test split (`--split val` to choose on): 300 simulated users, each with 20 scored
-targets and a disjoint pool of 100 pairs they labelled; the context starts empty and grows by one
-answered question at a time, chosen by BALD (the default for a variational latent), lookahead
-(EPIG; the default for a deterministic one), predictive entropy or at random — the same users,
-pools and targets for every selector, compared pair by pair with random (95 % intervals from a
-bootstrap over the targets' prompts). Nothing is tuned here: selectors, sizes and seeds are fixed.
+For each task a variational NP-BTL is trained through the reward recipe (configs/active_*.yaml),
+then `npalign.evaluation.questions.questions_study` runs on the test split (`--split val` to
+choose on): 300 simulated users, each with 20 scored targets and a disjoint pool of 100 pairs they
+labelled; the context starts empty and grows by one answered question at a time, chosen by EPIG
+(the default for a variational latent), BALD, lookahead (EPIG through the encoder; the default
+for a deterministic one), predictive entropy or at random — the same users, pools and targets for
+every selector, compared pair by pair with random (95 % intervals from a bootstrap over the
+targets' prompts). Nothing is tuned here: selectors, sizes and seeds are fixed.
 
 - synthetic: six single-peaked user types whose preferences agree on most pairs.
 - steer: concise, detailed, formal and casual users on every pair none of them sees as a tie.
@@ -15,7 +15,7 @@ bootstrap over the targets' prompts). Nothing is tuned here: selectors, sizes an
 Checks printed at the end, per task, on the model's default selector: it reaches random's
 accuracy after 10 questions in at most 4 questions; its paired difference from random is ≥ 0 at
 every k, its interval never wholly below 0. Also the time to score 1,000 candidates for one user
-(BALD with 64 samples of z; lookahead with 64 probes).
+(EPIG and BALD with 64 samples of z, EPIG and lookahead with 64 probes).
 
   .venv/bin/python benchmarks/active_questions.py --out benchmarks/active_questions.json
 """
@@ -40,7 +40,8 @@ from npalign.recipes.reward import REWARD
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"synthetic": "configs/active_synthetic.yaml", "steer": "configs/active_steer.yaml"}
-SELECTORS = ["random", "entropy", "bald", "lookahead"]  # bald where the latent is variational
+SELECTORS = ["random", "entropy", "bald", "epig", "lookahead"]
+SAMPLING = ("bald", "epig")  # these need a variational latent
 USERS, POOL, TARGETS, QUESTIONS, SEED = 300, 100, 20, 10, 0
 
 
@@ -122,11 +123,11 @@ def main() -> None:
         model = load_reward_model(checkpoint)
         pairs = splits.pairs[args.split]
         active = default_selector(model)
-        selectors = [s for s in SELECTORS if s != "bald" or model.variational]
+        selectors = [s for s in SELECTORS if s not in SAMPLING or model.variational]
         study = questions_study(model, pairs, selectors, USERS, POOL, TARGETS, QUESTIONS, SEED)
         study["select_1000_s"] = {
             s: selection_seconds(model, pairs.feature_dim, s)
-            for s in ("bald", "lookahead")
+            for s in ("epig", "bald", "lookahead")
             if s in selectors
         }
         checks = checks_of(study, active)

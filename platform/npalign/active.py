@@ -3,9 +3,16 @@
 Given a trained NP-BTL, each user's context so far and a pool of candidate pairs, every candidate
 gets a score and the best one not yet asked is the next question. Selectors (`QUESTION_SELECTORS`):
 
+- "epig" (the default for a variational latent): the expected information the answer y brings
+  about the user's answers y' on the pair itself and on up to 64 other pairs of the pool
+  (probes), I(y; y' | C) averaged over them, with both answers' joint law from z sampled from
+  q(z | C). It asks what
+  tells most about the user's later answers, not about z: on the steer task BALD's third and
+  fourth questions were pairs the model finds hard, which told it about z and made its
+  predictions worse (chosen on the validation split of both question tasks).
 - "bald": the mutual information between the user's answer y and the latent z,
-  I(y; z | C) = H(E_z p) − E_z H(p), with z sampled from q(z | C). Needs a variational latent
-  (a deterministic one has no spread to sample).
+  I(y; z | C) = H(E_z p) − E_z H(p), with z sampled from q(z | C).
+  Both need a variational latent (a deterministic one has no spread to sample).
 - "lookahead" (any latent; the default for a deterministic one): the expected information the
   answer brings about the user's answers on the pair itself and on up to 64 other pairs of the
   pool (probes), the mutual information I(y; y' | C) averaged over them — EPIG, with the NP's
@@ -49,7 +56,7 @@ Selector = Callable[[nn.Module, Pool, torch.Generator], torch.Tensor]
 
 
 def default_selector(model: nn.Module) -> str:
-    return "bald" if model.variational else "lookahead"
+    return "epig" if model.variational else "lookahead"
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -71,20 +78,67 @@ def answer_probability(model: nn.Module, pool: Pool, z: torch.Tensor) -> torch.T
     )
 
 
-@QUESTION_SELECTORS.register("bald")
-def bald(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch.Tensor:
+def _require_variational(model: nn.Module, selector: str) -> None:
     if not model.variational:
         raise ValueError(
-            "bald samples z from q(z | context): it needs an NP-BTL with model.latent "
+            f"{selector} samples z from q(z | context): it needs an NP-BTL with model.latent "
             "variational; use 'lookahead' for a deterministic latent"
         )
+
+
+def _latent_samples(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch.Tensor:
+    """DEFAULT_SAMPLES draws of z from q(z | context) per user: (users, samples, latent)."""
     q = model.latent(pool.context_chosen, pool.context_rejected, pool.context_mask)
     noise = torch.randn(
         (q.mean.shape[0], DEFAULT_SAMPLES, q.mean.shape[1]), generator=generator
     ).to(q.mean)
-    z = q.mean[:, None] + q.std[:, None] * noise  # (users, samples, latent)
-    p = answer_probability(model, pool, z)  # (users, samples, candidates)
-    return _entropy(p.mean(1)) - _entropy(p).mean(1)
+    return q.mean[:, None] + q.std[:, None] * noise
+
+
+def _probes(pool: Pool, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to DEFAULT_PROBES pool positions (the same for every user) whose answers a question
+    should tell about, and (users, candidates, probes) 1.0 where a probe counts for a candidate:
+    still unasked and not the candidate itself, so that no candidate gains from being drawn."""
+    candidates = pool.candidate_a.shape[1]
+    device = pool.candidate_a.device
+    probes = torch.randperm(candidates, generator=generator)[:DEFAULT_PROBES].to(device)
+    other = probes[None] != torch.arange(candidates, device=device)[:, None]  # (cand., probes)
+    return probes, (pool.available[:, None, probes] & other[None]).float()
+
+
+@QUESTION_SELECTORS.register("bald")
+def bald(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch.Tensor:
+    _require_variational(model, "bald")
+    p = answer_probability(model, pool, _latent_samples(model, pool, generator))
+    return _entropy(p.mean(1)) - _entropy(p).mean(1)  # p: (users, samples, candidates)
+
+
+def _joint_information(both: torch.Tensor, here: torch.Tensor, there: torch.Tensor):
+    """I(y; y') of two binary answers from p(y = y' = b), p(y = b) and p(y' = b)."""
+    cells = [
+        (both, here, there),
+        (here - both, here, 1 - there),
+        (there - both, 1 - here, there),
+        (1 - here - there + both, 1 - here, 1 - there),
+    ]
+    return sum(
+        joint.clamp(min=1e-9) * (joint.clamp(min=1e-9) / (a * b).clamp(min=1e-9)).log()
+        for joint, a, b in cells
+    )
+
+
+@QUESTION_SELECTORS.register("epig")
+def epig(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch.Tensor:
+    _require_variational(model, "epig")
+    p = answer_probability(model, pool, _latent_samples(model, pool, generator))
+    samples, marginal = p.shape[1], p.mean(1)  # p: (users, samples, candidates)
+    probes, valid = _probes(pool, generator)
+    # Answers are independent given z: their joint law is the mean over z of the product.
+    both = torch.einsum("usc,usp->ucp", p, p[:, :, probes]) / samples
+    on_probes = _joint_information(both, marginal[..., None], marginal[:, None, probes])
+    # The pair itself counts once too, as a later answer to it (as in lookahead).
+    itself = _joint_information((p * p).mean(1), marginal, marginal)
+    return ((on_probes * valid).sum(-1) + itself) / (valid.sum(-1) + 1)
 
 
 @QUESTION_SELECTORS.register("lookahead")
@@ -94,10 +148,8 @@ def lookahead(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch
     now = model.latent(pool.context_chosen, pool.context_rejected, pool.context_mask).mean
     p_b = answer_probability(model, pool, now[:, None])[:, 0]  # (users, candidates)
 
-    # Probes: a random subset of the pool (the same positions for every user), each candidate's
-    # own pair left out of its probes and counted once on its own, so that no candidate gains
-    # from happening to be drawn as a probe.
-    probes = torch.randperm(candidates, generator=generator)[:DEFAULT_PROBES].to(device)
+    # Each candidate's own pair is left out of its probes and counted once on its own.
+    probes, valid = _probes(pool, generator)
     probe_pool = Pool(
         pool.context_chosen,
         pool.context_rejected,
@@ -106,8 +158,6 @@ def lookahead(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch
         pool.candidate_b[:, probes],
         pool.available[:, probes],
     )
-    other = probes[None] != torch.arange(candidates, device=device)[:, None]  # (cand., probes)
-    valid = (pool.available[:, None, probes] & other[None]).float()  # (users, cand., probes)
     m = pool.context_chosen.shape[1]
 
     def grown(context: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

@@ -166,7 +166,7 @@ class NextQuestionRequest(Request):
     )
     selector: str | None = Field(
         None,
-        description="bald, lookahead, entropy or random; default: bald for a variational "
+        description="epig, bald, lookahead, entropy or random; default: epig for a variational "
         "NP-BTL, lookahead for a deterministic one",
     )
 
@@ -181,7 +181,7 @@ class NextQuestionResponse(BaseModel):
     prompt: str
     response_a: str
     response_b: str
-    information: float  # the selector's score: for bald, nats of information about z
+    information: float  # the selector's score: for epig, nats about the user's later answers
     selector: str
     context_pairs: int
 
@@ -473,7 +473,7 @@ class SteerableEndpoint:
             index, information, selector = next_question(
                 self.reward, context, a, b, request.selector, answered=answered
             )
-        except ValueError as error:  # a selector this model cannot run (bald on a fixed z)
+        except ValueError as error:  # a selector this model cannot run (epig or bald on a fixed z)
             raise HTTPException(422, str(error)) from None
         if index is None:
             raise HTTPException(409, "the user has answered every candidate already")
