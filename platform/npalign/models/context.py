@@ -19,14 +19,26 @@ def mlp(
     in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, dropout: float = 0.0
 ) -> nn.Sequential:
     """`layers` hidden layers of width hidden_dim with ReLU (and dropout after it, in training),
-    then a linear output."""
+    then a linear output; He-initialised, biases zero."""
     modules: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers):
-        modules += [nn.Linear(dim, hidden_dim), activation(dropout)]
+        modules += [he_linear(dim, hidden_dim, "relu"), activation(dropout)]
         dim = hidden_dim
-    modules.append(nn.Linear(dim, out_dim))
+    modules.append(he_linear(dim, out_dim, "linear"))
     return nn.Sequential(*modules)
+
+
+def he_linear(in_dim: int, out_dim: int, followed_by: str) -> nn.Linear:
+    """A linear layer that keeps its input's scale through `followed_by` (He's init). PyTorch's
+    default shrinks it about 2.4× per ReLU layer: through the context encoder and the decoder
+    (7 layers) the context then reaches the reward about 1e-3 as strongly, and where only the
+    context predicts anything (every pair disputed by the user types) training can sit on
+    that flat start for over 1,000 steps, or leave it in 150, by the seed alone."""
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.kaiming_normal_(layer.weight, nonlinearity=followed_by)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def activation(dropout: float) -> nn.Module:
