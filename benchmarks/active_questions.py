@@ -3,8 +3,8 @@
 For each task a variational NP-BTL is trained through the reward recipe (configs/active_*.yaml),
 then `npalign.evaluation.questions.questions_study` runs on the test split (`--split val` to
 choose on): 300 simulated users, each with 20 scored targets and a disjoint pool of 100 pairs they
-labelled; the context starts empty and grows by one answered question at a time, chosen by EPIG
-(the default for a variational latent), BALD, lookahead (EPIG through the encoder; the default
+labelled; the context starts empty and grows by one answered question at a time, chosen by BALD
+(the default for a variational latent), EPIG, lookahead (EPIG through the encoder; the default
 for a deterministic one), predictive entropy or at random — the same users, pools and targets for
 every selector, compared pair by pair with random (95 % intervals from a bootstrap over the
 targets' prompts). Nothing is tuned here: selectors, sizes and seeds are fixed.
@@ -15,7 +15,7 @@ targets' prompts). Nothing is tuned here: selectors, sizes and seeds are fixed.
 Checks printed at the end, per task, on the model's default selector: it reaches random's
 accuracy after 10 questions in at most 4 questions; its paired difference from random is ≥ 0 at
 every k, its interval never wholly below 0. Also the time to score 1,000 candidates for one user
-(EPIG and BALD with 64 samples of z, EPIG and lookahead with 64 probes).
+(BALD and EPIG with 64 samples of z, EPIG and lookahead with 64 probes).
 
   .venv/bin/python benchmarks/active_questions.py --out benchmarks/active_questions.json
 """
@@ -113,7 +113,8 @@ def main() -> None:
     studies = {}
     for task in args.tasks:
         start = time.perf_counter()
-        config = load_config(ROOT / TASKS[task], [])
+        # The recipe scores its NP-BTL by context size on the same split as the study.
+        config = load_config(ROOT / TASKS[task], [f"eval.split={args.split}"])
         if task in given:
             checkpoint, splits, accuracy = given[task], REWARD.load(config), None
         else:

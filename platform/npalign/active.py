@@ -3,15 +3,13 @@
 Given a trained NP-BTL, each user's context so far and a pool of candidate pairs, every candidate
 gets a score and the best one not yet asked is the next question. Selectors (`QUESTION_SELECTORS`):
 
-- "epig" (the default for a variational latent): the expected information the answer y brings
-  about the user's answers y' on the pair itself and on up to 64 other pairs of the pool
-  (probes), I(y; y' | C) averaged over them, with both answers' joint law from z sampled from
-  q(z | C). It asks what
-  tells most about the user's later answers, not about z: on the steer task BALD's third and
-  fourth questions were pairs the model finds hard, which told it about z and made its
-  predictions worse (chosen on the validation split of both question tasks).
-- "bald": the mutual information between the user's answer y and the latent z,
-  I(y; z | C) = H(E_z p) − E_z H(p), with z sampled from q(z | C).
+- "bald" (the default for a variational latent): the mutual information between the user's
+  answer y and the latent z, I(y; z | C) = H(E_z p) − E_z H(p), with z sampled from q(z | C).
+- "epig": the expected information the answer y brings about the user's answers y' on the pair
+  itself and on up to 64 other pairs of the pool (probes), I(y; y' | C) averaged over them, with
+  both answers' joint law from z sampled from q(z | C): what tells most about the user's later
+  answers rather than about z. On validation users of both question tasks it asks as well as
+  BALD (benchmarks/RESULTS.md).
   Both need a variational latent (a deterministic one has no spread to sample).
 - "lookahead" (any latent; the default for a deterministic one): the expected information the
   answer brings about the user's answers on the pair itself and on up to 64 other pairs of the
@@ -56,7 +54,7 @@ Selector = Callable[[nn.Module, Pool, torch.Generator], torch.Tensor]
 
 
 def default_selector(model: nn.Module) -> str:
-    return "epig" if model.variational else "lookahead"
+    return "bald" if model.variational else "lookahead"
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:

@@ -166,7 +166,7 @@ class NextQuestionRequest(Request):
     )
     selector: str | None = Field(
         None,
-        description="epig, bald, lookahead, entropy or random; default: epig for a variational "
+        description="epig, bald, lookahead, entropy or random; default: bald for a variational "
         "NP-BTL, lookahead for a deterministic one",
     )
 
@@ -181,7 +181,7 @@ class NextQuestionResponse(BaseModel):
     prompt: str
     response_a: str
     response_b: str
-    information: float  # the selector's score: for epig, nats about the user's later answers
+    information: float  # the selector's score: for bald, nats of information about z
     selector: str
     context_pairs: int
 
