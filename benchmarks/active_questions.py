@@ -17,7 +17,9 @@ accuracy after 10 questions in at most 4 questions; its paired difference from r
 every k, its interval never wholly below 0. Also the time to score 1,000 candidates for one user
 (BALD and EPIG with 64 samples of z, EPIG and lookahead with 64 probes).
 
-  .venv/bin/python benchmarks/active_questions.py --out benchmarks/active_questions.json
+  .venv/bin/python benchmarks/active_questions.py --split val --out val.json   # train, choose
+  .venv/bin/python benchmarks/active_questions.py --checkpoint synthetic CHECKPOINT \
+      --checkpoint steer CHECKPOINT --out benchmarks/active_questions.json   # test, once
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def main() -> None:
             print(f"  {selector:<10}" + " ".join(f"{s['mean']:6.1f}" for s in by_k))
         print(f"  questions to reach random's at {QUESTIONS}: {study['questions_to_match']}")
         print(f"  questions to 95 % of it: {study['questions_to_95']}")
-        print(f"  scoring 1,000 candidates (64 z samples): {study['select_1000_s']}")
+        print(f"  seconds to score 1,000 candidates: {study['select_1000_s']}")
         for name, check in checks.items():
             print(f"{'PASS' if check['pass'] else 'FAIL'}  {task}: {name}: {check}")
     if args.out:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from npalign.active import Pool, next_questions, question_scores
+from npalign.active import Pool, _joint_information, next_questions, question_scores
 from npalign.config import ModelConfig
 from npalign.models.context import Latent
 from npalign.models.reward import NPBTL
@@ -175,3 +175,16 @@ def test_next_question_skips_pairs_in_the_context_in_either_order():
     assert next_question(TwoTypes(), everything, a, b)[0] is None
     # Answered long ago (no longer among the latest the model reads): still never asked again.
     assert next_question(TwoTypes(), empty, a, b, answered=everything)[0] is None
+
+
+def test_the_joint_information_of_two_answers_by_hand():
+    half = torch.tensor(0.5)
+    # the same answer twice (p(both b) = p(b)): log 2; independent answers: 0
+    assert torch.isclose(_joint_information(half, half, half), torch.log(torch.tensor(2.0)))
+    assert torch.isclose(_joint_information(half * half, half, half), torch.tensor(0.0), atol=1e-6)
+    # p(b) = 0.5 and 0.2, p(both b) = 0.15: the four cells by hand
+    joint = torch.tensor([0.15, 0.35, 0.05, 0.45])
+    product = torch.tensor([0.5 * 0.2, 0.5 * 0.8, 0.5 * 0.2, 0.5 * 0.8])
+    expected = (joint * (joint / product).log()).sum()
+    got = _joint_information(torch.tensor(0.15), half, torch.tensor(0.2))
+    assert torch.isclose(got, expected)

@@ -18,10 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_encoder_job_trains_npbtl_on_the_policys_data_with_its_dimensions():
     policy = load_config(
         ROOT / "configs/steer_policy.yaml",
-        ["policy.latent_dim=32", "data.steer.stories=40", "run.output_dir=/tmp/x"],
+        [
+            "policy.latent_dim=32",
+            "data.steer.stories=40",
+            "run.output_dir=/tmp/x",
+            "eval.split=val",
+        ],
         PolicyJobConfig,
     )
     job = encoder_job(policy)
+    assert job.eval.split == "val"  # what the policy is chosen on, never test
     assert job.models == ["npbtl"]
     assert (job.model.latent_dim, job.model.hidden_dim) == (32, policy.policy.hidden_dim)
     assert job.data.steer == policy.data.steer and job.data.embed == policy.data.embed

@@ -3,19 +3,19 @@
 Given a trained NP-BTL, each user's context so far and a pool of candidate pairs, every candidate
 gets a score and the best one not yet asked is the next question. Selectors (`QUESTION_SELECTORS`):
 
-- "bald" (the default for a variational latent): the mutual information between the user's
-  answer y and the latent z, I(y; z | C) = H(E_z p) − E_z H(p), with z sampled from q(z | C).
-- "epig": the expected information the answer y brings about the user's answers y' on the pair
-  itself and on up to 64 other pairs of the pool (probes), I(y; y' | C) averaged over them, with
-  both answers' joint law from z sampled from q(z | C): what tells most about the user's later
-  answers rather than about z. On validation users of both question tasks it asks as well as
-  BALD (benchmarks/RESULTS.md).
-  Both need a variational latent (a deterministic one has no spread to sample).
-- "lookahead" (any latent; the default for a deterministic one): the expected information the
-  answer brings about the user's answers on the pair itself and on up to 64 other pairs of the
-  pool (probes), the mutual information I(y; y' | C) averaged over them — EPIG, with the NP's
-  amortised posterior standing in for Bayes' rule: C ∪ {(pair, y)} goes through the context
-  encoder for both answers, and y' is predicted by those two futures mixed by y's odds.
+- "bald" (the default for a variational latent; needs one): the mutual information between the
+  user's answer y and the latent z, I(y; z | C) = H(E_z p) − E_z H(p), with z sampled from
+  q(z | C).
+- "epig" (needs a variational latent): the expected information the answer y brings about the
+  user's answers y' on the pair itself and on up to 64 other pairs of the pool (probes),
+  I(y; y' | C) averaged over them, with both answers' joint law from z sampled from q(z | C):
+  what tells most about the user's later answers rather than about z. On validation users of
+  both question tasks BALD and EPIG cannot be told apart (benchmarks/RESULTS.md).
+- "lookahead" (any latent; the default for a deterministic one, which has no spread to sample):
+  the same EPIG with the NP's amortised posterior standing in for Bayes' rule: C ∪ {(pair, y)}
+  goes through the context encoder for both answers, and y' is predicted by those two futures
+  mixed by y's odds. On the steer question task its second question is worse than a random one
+  (benchmarks/RESULTS.md): prefer a variational latent and bald where asking matters.
 - "entropy": the predictive entropy H(p(y | C)) at z's mean: the pair the model is least sure
   about (a baseline; it cannot tell the user's randomness from its own ignorance).
 - "random": uniform scores (the baseline of users who label whatever they are shown).
@@ -96,7 +96,7 @@ def _latent_samples(model: nn.Module, pool: Pool, generator: torch.Generator) ->
 def _probes(pool: Pool, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to DEFAULT_PROBES pool positions (the same for every user) whose answers a question
     should tell about, and (users, candidates, probes) 1.0 where a probe counts for a candidate:
-    still unasked and not the candidate itself, so that no candidate gains from being drawn."""
+    still unasked and not the candidate itself (whose own pair is counted once, apart)."""
     candidates = pool.candidate_a.shape[1]
     device = pool.candidate_a.device
     probes = torch.randperm(candidates, generator=generator)[:DEFAULT_PROBES].to(device)
@@ -111,7 +111,7 @@ def bald(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch.Tens
     return _entropy(p.mean(1)) - _entropy(p).mean(1)  # p: (users, samples, candidates)
 
 
-def _joint_information(both: torch.Tensor, here: torch.Tensor, there: torch.Tensor):
+def _joint_information(both: torch.Tensor, here: torch.Tensor, there: torch.Tensor) -> torch.Tensor:
     """I(y; y') of two binary answers from p(y = y' = b), p(y = b) and p(y' = b)."""
     cells = [
         (both, here, there),

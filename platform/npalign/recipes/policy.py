@@ -92,15 +92,13 @@ def encoder_job(job: PolicyJobConfig) -> RewardJobConfig:
         {
             "data": job.data.model_dump(mode="json"),
             "train": job.train.model_dump(mode="json"),
-            # Scored on the policy's split: while settings are chosen, never the test split.
-            "eval": {
-                "context_sizes": job.eval.context_sizes,
-                "seed": job.eval.seed,
-                "split": job.eval.split,
-            },
+            "eval": {"context_sizes": job.eval.context_sizes, "seed": job.eval.seed},
         },
         own,
     )
+    # Scored on the policy's split, whatever its own YAML says: while settings are chosen on
+    # validation, the chain never reads the test split.
+    tree["eval"]["split"] = job.eval.split
     tree["run"] = {"name": f"{job.run.name}-npbtl", "output_dir": job.run.output_dir}
     tree["models"] = ["npbtl"]
     dims = {"hidden_dim": p.hidden_dim, "latent_dim": p.latent_dim, "aggregation": p.aggregation}
