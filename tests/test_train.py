@@ -221,9 +221,10 @@ def test_the_reward_job_trains_on_a_users_own_file(ray_cluster, tmp_path, capsys
             "data.records.columns.user_type=user_type",
             "models=[npbtl]",
             *SMALL_TEXT_RUN,
-            # Long enough (300 steps) for NP-BTL to learn to read the context.
+            # Long enough (500 steps) for NP-BTL to learn to read the context: 300 left it at
+            # 69 % with three choices (a 3x rate left the flat start never).
             "data.train_episodes=6400",
-            "train.epochs=3",
+            "train.epochs=5",
         ]
     )
     assert code == 0
