@@ -138,13 +138,15 @@ def small_synthetic_fit(folder: Path, overrides: list[str]):
     return config, pairs, episodes
 
 
-def test_a_killed_worker_resumes_mid_epoch_and_a_stopped_fit_stays_stopped(ray_cluster, tmp_path):
+def test_a_killed_worker_resumes_mid_epoch_and_an_unchanged_val_nll_stops_the_fit(
+    ray_cluster, tmp_path
+):
     """Rank 0's process is killed at step 13 (epoch 2 of 4, 10 steps each); the worker group
     restarts from the step-12 checkpoint and trains steps 13-20 only: the batches it had not
     reached (which rows those are is fixed by the file: see the rank_batches test). At a learning
     rate too small to move a weight val_nll is the same every epoch, so with patience 1 the fit
-    then stops after epoch 2 and keeps epoch 1's checkpoint; run again on its storage (a driver
-    that died before the evaluation) it trains no further."""
+    then stops after epoch 2 and keeps epoch 1's checkpoint (that a rerun then trains no further:
+    the resume_point test)."""
     from npalign.train.loop import kept, val_by_epoch
     from npalign.train.reward import fit_reward_model
 
@@ -177,8 +179,20 @@ def test_a_killed_worker_resumes_mid_epoch_and_a_stopped_fit_stays_stopped(ray_c
     curve = val_by_epoch(killed)  # the whole validation curve, as the run folder reports it
     assert list(curve) == [1, 2] and curve[1] == metrics["val_nll"]
     assert json.loads((Path(checkpoint.path) / "train_state.json").read_text())["epoch"] == 1
-    again = fit_reward_model(config, "npbtl", pairs, episodes, tmp_path / "killed")
-    assert val_by_epoch(again) == curve
+
+
+def test_a_run_goes_on_where_its_checkpoint_left_off_and_a_stopped_one_trains_no_further():
+    from npalign.config import TrainConfig
+    from npalign.train.loop import HISTORY, resume_point
+
+    config = TrainConfig(epochs=4, patience=1)
+    flat = {"epoch": 2, "step": 20, HISTORY: [0.5, 0.5]}  # epoch 2 did not improve on 1
+    assert resume_point(config, flat, 10) == (5, 0)  # stopped: past the last epoch
+    assert resume_point(config.model_copy(update={"patience": None}), flat, 10) == (3, 0)
+    falling = {"epoch": 2, "step": 20, HISTORY: [0.5, 0.4]}
+    assert resume_point(config, falling, 10) == (3, 0)
+    # mid-epoch: the rest of that epoch, whatever the curve so far
+    assert resume_point(config, {**flat, "step": 13, "epoch_step": 3}, 10) == (2, 3)
 
 
 def test_rank_batches_share_each_global_batch_in_order_and_skip_whole_batches(ray_cluster):

@@ -213,10 +213,15 @@ def save_checkpoint(engine, task: Task, rank: int, state: dict, metrics: dict) -
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def resume_point(state: dict, steps_per_epoch: int) -> tuple[int, int]:
-    """(epoch, batches of it already trained) where a checkpoint's run goes on."""
+def resume_point(config: TrainConfig, state: dict, steps_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batches of it already trained) where a checkpoint's run goes on: past the last
+    epoch when the run had stopped early (a rerun trains no further)."""
     epoch, done = state["epoch"], state.get("epoch_step", steps_per_epoch)
-    return (epoch + 1, 0) if done >= steps_per_epoch else (epoch, done)
+    if done < steps_per_epoch:
+        return epoch, done
+    if stops_early(config, state[HISTORY]):
+        return config.epochs + 1, 0
+    return epoch + 1, 0
 
 
 DRILL_WAIT_S = 3.0
@@ -254,10 +259,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             _, state = engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
-        start_epoch, skip = resume_point(state, steps_per_epoch)
+        start_epoch, skip = resume_point(config, state, steps_per_epoch)
         step, val_history = state["step"], state[HISTORY]
-        if skip == 0 and stops_early(config, val_history):
-            start_epoch = config.epochs + 1  # it had stopped early: nothing more to train
         if rank == 0:
             log.info("resumed from %s at step %d (epoch %d)", checkpoint.path, step, start_epoch)
 
