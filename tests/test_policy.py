@@ -281,6 +281,27 @@ def test_generate_for_users_given_their_choices(smol_checkpoint):
     assert mixed == [generate(smol_checkpoint, prompts[:1], z[:1], max_new_tokens=2)[0], alone[1]]
 
 
+def test_loop_guards_count_the_answer_only():
+    import torch
+
+    from npalign.config import DecodingConfig
+    from npalign.inference import answer_guards
+
+    (ngrams,) = answer_guards(DecodingConfig(no_repeat_ngram_size=2), prompt_width=3)
+    # the answer so far is 8 9 8: a 9 would say the bigram (8, 9) twice
+    out = ngrams(torch.tensor([[5, 6, 7, 8, 9, 8]]), torch.zeros(1, 10))
+    assert out[0, 9] == -torch.inf and torch.isfinite(out[0, :9]).all()
+    # the answer so far is 5, and (5, 6) is a bigram of the prompt only: HF's guard bans 6
+    out = ngrams(torch.tensor([[5, 6, 7, 5]]), torch.zeros(1, 10))
+    assert torch.isfinite(out).all()
+    (penalty,) = answer_guards(
+        DecodingConfig(repetition_penalty=2.0, no_repeat_ngram_size=0), prompt_width=3
+    )
+    out = penalty(torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 10))
+    assert out[0, 8] == 0.5 and out[0, 5] == 1.0  # 8 is in the answer, 5 in the prompt only
+    assert answer_guards(DecodingConfig(no_repeat_ngram_size=0), 3) == []
+
+
 def test_generate_rejects_bad_input_clearly(smol_checkpoint):
     from npalign.inference import ContextEmbeddings, generate, user_latents
 

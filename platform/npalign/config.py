@@ -386,14 +386,19 @@ class RewardJobConfig(Strict):
 
 
 class DecodingConfig(Strict):
-    """How a policy writes by default: greedy, with HF generate's guards against loops. Saved
-    with the checkpoint, so the endpoint, jobs/generate.py and the benchmark's generation study
-    decode alike."""
+    """How a policy writes by default: greedy, with guards against loops that count the answer's
+    own tokens only (HF's count the prompt too, so an answer could not repeat a name the prompt
+    holds). Saved with the checkpoint, so the endpoint, jobs/generate.py and the benchmark's
+    generation study decode alike."""
 
     repetition_penalty: float = Field(
-        1.0, ge=1.0, description="HF's: the logit of a token already in the sequence is divided"
+        1.0, ge=1.0, description="the logit of a token already in the answer is divided by this"
     )
-    no_repeat_ngram_size: int = Field(0, ge=0, description="no n-gram of this size twice; 0: off")
+    # Greedy answers of a small policy fall into loops ("the capital of the country, the capital
+    # of the country, ..."); no token 4-gram twice in an answer stops them and leaves the rest.
+    no_repeat_ngram_size: int = Field(
+        4, ge=0, description="no token n-gram of this size twice in an answer; 0: off"
+    )
 
 
 class PolicyConfig(Strict):

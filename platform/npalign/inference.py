@@ -201,6 +201,31 @@ def padded_contexts(
     return chosen, rejected, mask
 
 
+class AnswerOnly:
+    """An HF logits processor that sees only the tokens generated so far: every row is
+    left-padded to `prompt_width`, so the answer starts there in all of them."""
+
+    def __init__(self, inner, prompt_width: int):
+        self.inner, self.prompt_width = inner, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids[:, self.prompt_width :], scores)
+
+
+def answer_guards(decoding: DecodingConfig, prompt_width: int) -> list[AnswerOnly]:
+    """`decoding`'s loop guards, applied to the answer alone (HF generate's `logits_processor`)."""
+    from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    guards = []
+    if decoding.repetition_penalty != 1.0:
+        penalty = RepetitionPenaltyLogitsProcessor(float(decoding.repetition_penalty))
+        guards.append(AnswerOnly(penalty, prompt_width))
+    if decoding.no_repeat_ngram_size:
+        ngrams = NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size)
+        guards.append(AnswerOnly(ngrams, prompt_width))
+    return guards
+
+
 @torch.no_grad()
 def generate(
     checkpoint: PolicyCheckpoint,
@@ -246,8 +271,7 @@ def generate(
         None if z is None else z.to(device),
         max_new_tokens=max(limits),
         pad_token_id=pad,
-        repetition_penalty=decoding.repetition_penalty,
-        no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+        logits_processor=answer_guards(decoding, width),
         **sampling,
     )
     return [
