@@ -271,6 +271,10 @@ def generate(
         None if z is None else z.to(device),
         max_new_tokens=max(limits),
         pad_token_id=pad,
+        # HF's own guards off, whatever the base model's generation_config sets: they would
+        # count the prompt too.
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
         logits_processor=answer_guards(decoding, width),
         **sampling,
     )
