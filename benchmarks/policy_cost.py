@@ -222,11 +222,11 @@ def generation_latency(
     job: PolicyJobConfig, pairs: PairTable, prompts: list[str], tokens: int, repeats: int = 3
 ) -> dict:
     """Seconds for one batch: z from context embeddings then FiLM(z)+LoRA generation, vs plain
-    HF generate of the base model; same prompts, exactly `tokens` new tokens each, greedy. The
-    policy is freshly built (trained weights cost the same time)."""
+    HF generate of the base model; same prompts, exactly `tokens` new tokens each, greedy, loop
+    guards on. The policy is freshly built (trained weights cost the same time)."""
     from transformers import AutoModelForCausalLM
 
-    from npalign.inference import ContextEmbeddings, user_latents
+    from npalign.inference import ContextEmbeddings, answer_guards, user_latents
     from npalign.models.policy import PolicyCheckpoint, build_policy
     from npalign.pretrained import model_path
 
@@ -255,11 +255,31 @@ def generation_latency(
         "pad_token_id": pad,
     }
 
+    # Both sides decode with the checkpoint's loop guards: the policy through npalign's
+    # (counting the answer only), the base model through HF generate's own.
+    decoding = job.policy.decoding
+    guards = answer_guards(decoding, width)
+
     def conditioned():
-        loaded.policy.generate(ids, mask, user_latents(loaded, contexts), **settings)
+        z = user_latents(loaded, contexts)
+        loaded.policy.generate(
+            ids,
+            mask,
+            z,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            logits_processor=guards,
+            **settings,
+        )
 
     def plain():
-        base.generate(input_ids=ids, attention_mask=mask, **settings)
+        base.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+            repetition_penalty=decoding.repetition_penalty,
+            **settings,
+        )
 
     timings: dict[str, list[float]] = {"conditioned": [], "plain": []}
     conditioned(), plain()  # warm-up

@@ -396,7 +396,9 @@ def test_the_export_loads_with_plain_transformers_and_peft(tmp_path, smol_checkp
     for name, tensor in policy.state_dict().items():
         if name.startswith(("film.", "encoder.")):
             torch.testing.assert_close(saved[name], tensor)
-    assert "LoRA rank 4" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "LoRA rank 4" in card
+    assert "no token 4-gram twice in an answer" in card  # the checkpoint's default guards
     with pytest.raises(FileExistsError):
         load_job("export_policy").main([str(smol_checkpoint_folder), "--out", str(out)])
 

@@ -62,12 +62,6 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
-def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """KL(Bernoulli(p) ‖ Bernoulli(q)), elementwise."""
-    p, q = p.clamp(1e-6, 1 - 1e-6), q.clamp(1e-6, 1 - 1e-6)
-    return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
-
-
 def answer_probability(model: nn.Module, pool: Pool, z: torch.Tensor) -> torch.Tensor:
     """p(the user prefers b) for every candidate under each latent: z (users, samples, latent)
     → (users, samples, candidates)."""
@@ -186,7 +180,7 @@ def lookahead(model: nn.Module, pool: Pool, generator: torch.Generator) -> torch
     def information(if_a: torch.Tensor, if_b: torch.Tensor, weight_b: torch.Tensor):
         """I(answer; later answer) when the answer is b with probability weight_b."""
         mixed = (1 - weight_b) * if_a + weight_b * if_b
-        return (1 - weight_b) * _kl(if_a, mixed) + weight_b * _kl(if_b, mixed)
+        return _joint_information(weight_b * if_b, weight_b, mixed)
 
     # The later answers are predicted by the two futures mixed by the answer's odds, not by the
     # model's prediction now: the amortised posterior is no Bayes update, so the two differ, and

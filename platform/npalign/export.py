@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from npalign.config import DecodingConfig
 from npalign.files import write_json, write_text
 from npalign.models.policy import SPEC_FILE, load_policy
 from npalign.pretrained import model_path
@@ -44,6 +45,13 @@ from the encoder over the user's (chosen, rejected) embeddings, then after block
 h ← (1 + W_l z) ⊙ h + V_l z. Embeddings: {embed}. With npalign installed,
 `npalign.models.policy.load_policy` on the original checkpoint does all of this.
 
+## Decoding
+
+npalign decodes this policy greedily, with {guards}, counted over the answer's own tokens only
+(`npalign.inference.answer_guards`). HF generate's `no_repeat_ngram_size` and
+`repetition_penalty` are close, but they count the prompt too: with them an answer cannot repeat
+a name from its prompt.
+
 ## Training data
 
 {data}
@@ -60,6 +68,16 @@ def run_of(checkpoint: Path) -> Path | None:
     """The run folder a checkpoint was written in (RUN/checkpoints/<model>/checkpoint_*)."""
     run = checkpoint.resolve().parents[2] if len(checkpoint.resolve().parents) > 2 else None
     return run if run is not None and (run / "config.yaml").exists() else None
+
+
+def guards_text(decoding: DecodingConfig) -> str:
+    """The checkpoint's loop guards in words, for the model card."""
+    guards = []
+    if decoding.no_repeat_ngram_size:
+        guards.append(f"no token {decoding.no_repeat_ngram_size}-gram twice in an answer")
+    if decoding.repetition_penalty != 1.0:
+        guards.append(f"repetition penalty {decoding.repetition_penalty}")
+    return " and ".join(guards) or "no loop guards"
 
 
 def model_card(spec: dict, run: Path | None) -> str:
@@ -82,6 +100,7 @@ def model_card(spec: dict, run: Path | None) -> str:
         embed=json.dumps(spec["embed"]),
         data=f"```yaml\n{data.strip()}\n```" if data else "(no run folder found beside it)",
         table=table or "(no table found)",
+        guards=guards_text(DecodingConfig(**policy.get("decoding", {}))),
     )
 
 
