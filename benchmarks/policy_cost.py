@@ -153,8 +153,10 @@ def cost_worker_trl(job: PolicyJobConfig, triples, steps: int) -> dict:
                 beta=p.beta,
                 max_length=p.max_prompt_tokens + p.max_response_tokens,
                 max_grad_norm=job.train.grad_clip,
-                # Our loss: DPO + sft_weight · the chosen response's per-token NLL.
-                loss_type=["sigmoid", "sft"] if p.sft_weight else ["sigmoid"],
+                # Our loss: the preference loss (TRL's names; ours trains DPO on episodes
+                # without context, at the same cost) + sft_weight · the chosen response's
+                # per-token NLL.
+                loss_type=[p.loss, "sft"] if p.sft_weight else [p.loss],
                 loss_weights=[1.0, p.sft_weight] if p.sft_weight else None,
                 # TRL turns activation checkpointing on by default; our step keeps activations,
                 # so like for like is off.

@@ -24,6 +24,9 @@ from npalign.evaluation.generation import (
         "Supercalifragilisticexpialidociousnessly so.",
         "yes yes yes yes yes yes yes no",
         "The fire spread fast overnight. Crews arrived. The fire spread fast overnight.",
+        "The company had a cash runway impairment impairment impairment of 2.2 %.",
+        "It was released on November 17, 22, 23, 24, 25, 26, 27, 30, 31 and later.",
+        "On the 21st, 22nd, 23rd, 24th, 25th, 26th, 27th, 28th and 29th of May.",
     ],
 )
 def test_loops_glued_tokens_and_repeated_sentences_are_degenerate(text):
@@ -33,6 +36,10 @@ def test_loops_glued_tokens_and_repeated_sentences_are_degenerate(text):
 def test_ordinary_answers_are_not_degenerate():
     assert not degenerate("A fire broke out in the hills. Crews contained it by the evening.")
     assert not degenerate("Rain.")
+    assert not degenerate("They had had enough: 3, 4 or 5 of 1,200 homes, on 12 May 2024.")
+    assert not degenerate("At 00:00:00 it cost $1,000,000,000. No, no, no, said the bank.")
+    assert not degenerate("Scores 3-6, 6-3, 7-6, 4-6, 6-4, 6-2, 6-1, 7-5 and $1,234,567.89.")
+    assert not degenerate("Winners in 1990, 1994, 1998, 2002, 2006, 2010, 2014, 2018, 2022.")
 
 
 def interval(mean, low, high):

@@ -12,9 +12,11 @@ from npalign.models.policy import (
     FiLM,
     PolicyOutput,
     SteerablePolicy,
+    apo_zero_loss,
     dpo_loss,
     preference_metrics,
     sequence_logprobs,
+    sigmoid_loss,
 )
 
 LATENT = 8
@@ -163,6 +165,44 @@ def test_sft_term_adds_the_chosen_per_token_nll():
     assert metrics["nll"].item() == pytest.approx(dpo)  # validation compares the DPO part only
     assert metrics["sft_nll"].item() == pytest.approx(2.5)
     assert preference_metrics(output, beta=0.05)[0].item() == pytest.approx(dpo)
+
+
+def test_apo_zero_by_hand_moves_each_answer_on_its_own():
+    # Chosen log-ratio +1, rejected −0.5: APO-zero = 1 − σ(β·1) + σ(β·(−0.5)).
+    output = PolicyOutput(
+        logprobs=torch.tensor([[[-10.0, -12.0]]], requires_grad=True),
+        reference=torch.tensor([[[-11.0, -11.5]]]),
+        lengths=torch.tensor([[[4, 6]]]),
+    )
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    loss, metrics = preference_metrics(output, beta=0.5, loss="apo_zero")
+    assert loss.item() == pytest.approx(1 - sigmoid(0.5) + sigmoid(-0.25))
+    assert metrics["nll"].item() == pytest.approx(math.log(1 + math.exp(-0.75)))  # still DPO's
+    loss.backward()
+    chosen_grad, rejected_grad = output.logprobs.grad[0, 0].tolist()
+    # DPO's two gradients are equal and opposite; APO-zero's are not: each has its own σ'.
+    assert chosen_grad == pytest.approx(-0.5 * sigmoid(0.5) * (1 - sigmoid(0.5)))
+    assert rejected_grad == pytest.approx(0.5 * sigmoid(-0.25) * (1 - sigmoid(-0.25)))
+
+
+def test_an_unknown_preference_loss_is_refused_with_the_registered_ones():
+    from npalign.config import PolicyConfig
+
+    with pytest.raises(ValueError, match="registered are sigmoid, apo_zero"):
+        PolicyConfig(loss="ipo")
+
+
+def test_episodes_without_context_train_dpo_whatever_the_loss():
+    # Two episodes of two target pairs each, all log-probs different: the first episode has a
+    # context, the second none.
+    logprobs = torch.tensor([[[-10.0, -12.0], [-9.0, -13.0]], [[-8.0, -7.0], [-11.0, -10.5]]])
+    reference = torch.full_like(logprobs, -10.0)
+    lengths = torch.full(logprobs.shape, 5)
+    ratios = (logprobs - reference).unbind(-1)
+    expected = torch.stack([apo_zero_loss(*ratios, 0.5)[0], sigmoid_loss(*ratios, 0.5)[1]]).mean()
+    output = PolicyOutput(logprobs, reference, lengths)
+    mixed = preference_metrics(output, 0.5, loss="apo_zero", with_context=torch.tensor([1, 0]) > 0)
+    torch.testing.assert_close(mixed[0], expected)
 
 
 def test_left_padding_and_kept_logits_change_nothing(policy_and_base):

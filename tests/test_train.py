@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -297,7 +296,7 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
             "policy.num_layers=2",  # SmolLM2's first 2 blocks: the real tokenizer, a fast model
             "policy.lora_rank=8",
             "policy.max_response_tokens=24",
-            "policy.sft_weight=0",  # the training loss is then the DPO loss alone
+            "policy.sft_weight=0",  # the training loss is then the preference loss alone
             "models=[npdpo]",
             "train.epochs=2",
             "train.lr=3e-4",
@@ -325,10 +324,10 @@ def test_policy_trains_with_zero2_and_its_dpo_loss_falls(ray_cluster, tmp_path):
         if c.is_dir()
     ]
     assert [s["epoch"] for s in states] == [1, 2]
-    # DPO starts at log 2 (FiLM and LoRA are the identity); a second pass over the same episodes
-    # must have learned something
+    # At the identity the loss is log 2 (DPO, episodes without context) or 1 (APO-zero, with);
+    # a second pass over the same episodes must have learned something
     first, second = (s["metrics"]["train_loss"] for s in states)
-    assert second < first and second < math.log(2)
+    assert second < first
     assert (run.folder / "implicit_accuracy.png").exists()
     for m in (0, 3):
         assert 0 <= npdpo["average"][m]["mean"] <= 100

@@ -14,7 +14,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from npalign.files import Location
-from npalign.registry import DATA_SOURCES, POLICY_MODELS, REWARD_MODELS, USER_STORES
+from npalign.registry import (
+    DATA_SOURCES,
+    POLICY_MODELS,
+    PREFERENCE_LOSSES,
+    REWARD_MODELS,
+    USER_STORES,
+)
 
 
 class Strict(BaseModel):
@@ -440,16 +446,28 @@ class PolicyConfig(Strict):
     )
     # At identity initialisation FiLM's and the encoder's gradients start tiny: a higher rate.
     latent_lr: float = Field(1e-3, gt=0, description="learning rate of the encoder and FiLM")
-    beta: float = Field(0.05, gt=0, description="DPO β")
+    beta: float = Field(0.05, gt=0, description="β of the preference loss (DPO's β)")
+    loss: str = Field(
+        "sigmoid",
+        description="the preference loss where the policy reads a user's context, by TRL's "
+        "loss_type names: 'sigmoid' (DPO) or 'apo_zero' (the chosen answer made likelier and the "
+        "rejected less likely, each on its own); with no context, and for context-blind "
+        "policies, always DPO",
+    )
     sft_weight: float = Field(
         0.0,
         ge=0,
-        description="weight of the chosen response's per-token NLL added to the DPO loss "
+        description="weight of the chosen response's per-token NLL added to the preference loss "
         "(TRL's sft loss type): keeps conditioned generations fluent",
     )
     max_prompt_tokens: int = Field(256, gt=0, description="longer prompts keep their last tokens")
     max_response_tokens: int = Field(160, gt=0, description="longer responses are cut")
     decoding: DecodingConfig = DecodingConfig()
+
+    @field_validator("loss")
+    @classmethod
+    def _registered_loss(cls, name: str) -> str:
+        return PREFERENCE_LOSSES.check(name)
 
 
 class PolicyJobConfig(Strict):

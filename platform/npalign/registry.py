@@ -1,5 +1,5 @@
-"""Name → builder tables, one per family (reward models, policies, data sources,
-user stores, question selectors).
+"""Name → builder tables, one per family (reward models, policies, preference losses, data
+sources, user stores, question selectors).
 
 A family's entries are registered by the module that defines them (`@REWARD_MODELS.register`),
 and everything that lists or checks names — config validation, the sweep's `model` field, the
@@ -66,6 +66,7 @@ class Registry(Generic[T]):
 
 REWARD_MODELS: Registry = Registry("reward model", "npalign.models.reward")
 POLICY_MODELS: Registry = Registry("policy", "npalign.models.policy")
+PREFERENCE_LOSSES: Registry = Registry("preference loss", "npalign.models.policy")
 DATA_SOURCES: Registry = Registry("data source", "npalign.data.sources")
 USER_STORES: Registry = Registry("user store", "npalign.stores")  # keyed by URL scheme
 QUESTION_SELECTORS: Registry = Registry("question selector", "npalign.active")

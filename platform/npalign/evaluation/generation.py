@@ -139,14 +139,33 @@ def generation_study(
     return out
 
 
+# One word three times in a row, letters only ("impairment impairment impairment"; not
+# "00:00:00" or "$1,000,000,000").
+STUTTER = re.compile(r"\b([^\W\d_]+)(?:\s+\1\b){2}", re.I)
+# Eight or more numbers (ordinals too) in a comma-separated list.
+NUMBER_RUN = re.compile(r"\b\d+(?:st|nd|rd|th)?(?:,\s+\d+(?:st|nd|rd|th)?){7,}")
+
+
+def _counts_up(run: str) -> bool:
+    """A list of numbers that mostly counts up by one ("22, 23, 24, 25, ..."), not a list of
+    scores, prices or years."""
+    numbers = [int(n) for n in re.findall(r"\d+", run)]
+    steps = [b - a for a, b in zip(numbers, numbers[1:], strict=False)]
+    return sum(step == 1 for step in steps) >= len(steps) / 2
+
+
 def degenerate(text: str) -> bool:
     """Text no reader would accept, whatever its attribute score: a "word" of over 25 letters
     (tokens glued together: one word to the length scorer), one word making up over half of
     a response of 8 or more words, a sentence of 5 or more words said twice, or over half of
     its word 3-grams repeats of earlier ones (loops inside a sentence too: "I'm sorry, I'm
-    sorry, I'm sorry."). Loops inflate a length score."""
+    sorry, I'm sorry."), and the loops a no-repeat-n-gram guard leaves: one word three times
+    in a row ("impairment impairment impairment") or a run of 8 numbers ("22, 23, 24, 25, ...").
+    Loops inflate a length score."""
     words = text.split()
     if any(len(w) > 25 for w in words):
+        return True
+    if STUTTER.search(text) or any(_counts_up(run.group()) for run in NUMBER_RUN.finditer(text)):
         return True
     if len(words) >= 8 and max(words.count(w) for w in set(words)) > len(words) / 2:
         return True

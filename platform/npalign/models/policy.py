@@ -11,10 +11,11 @@ is LoRA's job. LoRA itself can still lean to one user type unless training also 
 without context (`data.empty_context_share`).
 
 The reference policy π_ref of DPO is the same network with LoRA and FiLM switched off (no copy of
-the weights). The DPO loss compares sequence log-probs summed over the response tokens only; an
-optional term `sft_weight · NLL(chosen)` per token (TRL's `sft` loss type) keeps the conditioned
-policy writing text: pure DPO can raise the margin by making *both* responses unlikely, which for
-a user who wants short answers ends in word salad.
+the weights). The preference loss (DPO, or APO-zero where the policy reads a context) compares
+sequence log-probs summed over the response tokens only; an optional term `sft_weight ·
+NLL(chosen)` per token (TRL's `sft` loss type) keeps the conditioned policy writing text: pure
+DPO can raise the margin by making *both* responses unlikely, which for a user who wants short
+answers ends in word salad.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from npalign.config import DecodingConfig, EmbedConfig, PolicyConfig
 from npalign.data.sequences import PolicyBatch
 from npalign.files import Location, atomic_path, write_json
 from npalign.models.context import ContextEncoder
-from npalign.registry import POLICY_MODELS
+from npalign.registry import POLICY_MODELS, PREFERENCE_LOSSES
 
 
 class FiLM(nn.Module):
@@ -252,26 +253,52 @@ def dpo_loss(
     return -F.logsigmoid(margin), margin
 
 
+@PREFERENCE_LOSSES.register("sigmoid")
+def sigmoid_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float):
+    """DPO: −log σ(β (r_w − r_l)), r = log π(y) − log π_ref(y). Only the gap counts: it can open
+    by making the rejected answer unlikely while the chosen one stays as unlikely as it was."""
+    return -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+
+
+@PREFERENCE_LOSSES.register("apo_zero")
+def apo_zero_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float):
+    """APO-zero (D'Oosterlinck et al. 2024, TRL's `apo_zero`): 1 − σ(β r_w) + σ(β r_l), each
+    answer against π_ref on its own: the chosen one must become likelier whatever happens to
+    the rejected. For chosen answers better than what the policy writes (a formal user's
+    "According to the report, ..." against the base model's "The ..."), where DPO lowers the
+    rejected style and greedy decoding keeps the base model's."""
+    return 1 - torch.sigmoid(beta * chosen_ratio) + torch.sigmoid(beta * rejected_ratio)
+
+
 def preference_metrics(
-    output: PolicyOutput, beta: float, sft_weight: float = 0.0
+    output: PolicyOutput,
+    beta: float,
+    sft_weight: float = 0.0,
+    loss: str = "sigmoid",
+    with_context: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Mean training loss (DPO + sft_weight · per-token NLL of the chosen response) and
-    per-episode metrics: nll (the DPO loss alone, comparable across settings), sft_nll and the
-    implicit-reward accuracy (share of target pairs whose margin is positive)."""
-    loss, margin = dpo_loss(
-        output.logprobs[..., 0],
-        output.logprobs[..., 1],
-        output.reference[..., 0],
-        output.reference[..., 1],
-        beta,
-    )  # (episodes, targets) each
-    sft = -output.logprobs[..., 0] / output.lengths[..., 0].clamp(min=1)
+    """Mean training loss and per-episode metrics: nll (the DPO loss, comparable across
+    settings), sft_nll and the implicit-reward accuracy (share of target pairs whose margin is
+    positive). The loss is the registered preference `loss` on episodes `with_context`
+    (episodes,) bool, None: all, and DPO on the others, + sft_weight · the chosen response's
+    per-token NLL.
+
+    With no context (or a context-blind policy) two users who dispute a pair ask for opposite
+    things from one policy, and the pooled answer is no preference: DPO's two losses pull the
+    margin back to 0, where APO-zero's add up to a constant and leave base + LoRA to drift."""
+    chosen, rejected = output.logprobs.unbind(-1)
+    ref_chosen, ref_rejected = output.reference.unbind(-1)
+    nll, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+    preference = PREFERENCE_LOSSES[loss](chosen - ref_chosen, rejected - ref_rejected, beta)
+    if with_context is not None:
+        preference = torch.where(with_context[:, None], preference, nll)
+    sft = -chosen / output.lengths[..., 0].clamp(min=1)  # (episodes, targets) each
     metrics = {
-        "nll": loss.mean(1),
+        "nll": nll.mean(1),
         "sft_nll": sft.mean(1),
         "accuracy": (margin > 0).float().mean(1),
     }
-    return (loss + sft_weight * sft).mean(), metrics
+    return (preference + sft_weight * sft).mean(), metrics
 
 
 # --- the registered policies -----------------------------------------------------------------

@@ -57,7 +57,10 @@ class PolicyTask:
 
     def loss(self, model: nn.Module, batch: PolicyBatch, step: int):
         p = self.job.policy
-        return preference_metrics(model(batch, self.use_latent), p.beta, p.sft_weight)
+        # A context-blind policy never reads the context: for it every episode is one without.
+        with_context = batch.context.context_mask.any(-1) & self.use_latent
+        output = model(batch, self.use_latent)
+        return preference_metrics(output, p.beta, p.sft_weight, p.loss, with_context)
 
     def save(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
         save_policy(
