@@ -249,8 +249,8 @@ def dpo_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """−log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]) per pair, and the
     implicit-reward margin (> 0 when the policy ranks the pair right). All inputs (pairs,)."""
-    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
-    return -F.logsigmoid(margin), margin
+    chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
+    return sigmoid_loss(chosen_ratio, rejected_ratio, beta), beta * (chosen_ratio - rejected_ratio)
 
 
 @PREFERENCE_LOSSES.register("sigmoid")
