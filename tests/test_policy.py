@@ -205,6 +205,35 @@ def test_episodes_without_context_train_dpo_whatever_the_loss():
     torch.testing.assert_close(mixed[0], expected)
 
 
+def test_centring_pulls_users_latents_around_zero_and_only_those_with_context():
+    from npalign.models.policy import latent_offcentre
+
+    # Opposites sit around z = 0; orthogonal users score 1; two on one side up to 2.
+    assert latent_offcentre(torch.tensor([[1.0, 2.0], [-1.0, -2.0]])).item() == 0.0
+    assert latent_offcentre(torch.tensor([[3.0, 0.0], [0.0, 3.0]])).item() == pytest.approx(1.0)
+    assert latent_offcentre(torch.tensor([[1.0, 0.0], [2.0, 0.0]])).item() == pytest.approx(1.8)
+    # Scale-free: it turns latents, it does not shrink them.
+    z = torch.tensor([[1.0, 0.5], [0.2, 1.0]])
+    torch.testing.assert_close(latent_offcentre(3 * z), latent_offcentre(z))
+    assert latent_offcentre(z[:1]).item() == 0.0  # one user has no centre to be off
+
+    # Three episodes: the first two read contexts (z on one side), the third none (z = 0).
+    logprobs = torch.tensor([[[-10.0, -12.0]], [[-9.0, -8.0]], [[-7.0, -7.5]]])
+    reference = torch.full_like(logprobs, -10.0)
+    latent = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    output = PolicyOutput(logprobs, reference, torch.full(logprobs.shape, 5), latent)
+    with_context = torch.tensor([True, True, False])
+    plain, _ = preference_metrics(output, 0.5, loss="apo_zero", with_context=with_context)
+    loss, metrics = preference_metrics(
+        output, 0.5, loss="apo_zero", with_context=with_context, centring=0.25
+    )
+    assert (loss - plain).item() == pytest.approx(0.25 * 1.8)
+    assert metrics["offcentre"].tolist() == pytest.approx([1.8] * 3)
+    loss.backward()
+    assert latent.grad[2].abs().sum().item() == 0.0  # the empty context's z is not pulled
+    assert latent.grad[:2].abs().sum().item() > 0
+
+
 def test_left_padding_and_kept_logits_change_nothing(policy_and_base):
     policy, _, ids, _ = policy_and_base
     perturb(policy)

@@ -460,6 +460,13 @@ class PolicyConfig(Strict):
         description="weight of the chosen response's per-token NLL added to the preference loss "
         "(TRL's sft loss type): keeps conditioned generations fluent",
     )
+    centring: float = Field(
+        0.0,
+        ge=0,
+        description="weight of a term that keeps the users' latents around z = 0 (the policy "
+        "for a user nobody knows): |Σz|²/Σ|z|² over each micro-batch's users with context; "
+        "meaningful with data.paired_targets, where a micro-batch holds one user of each type",
+    )
     max_prompt_tokens: int = Field(256, gt=0, description="longer prompts keep their last tokens")
     max_response_tokens: int = Field(160, gt=0, description="longer responses are cut")
     decoding: DecodingConfig = DecodingConfig()
@@ -497,6 +504,19 @@ class PolicyJobConfig(Strict):
             raise ValueError(
                 f"the policy trains on text: data.source must be one of {text}, "
                 f"not {self.data.source!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _centring_sees_users(self) -> PolicyJobConfig:
+        train = self.train
+        micro_batch = train.batch_size // (train.num_workers * train.gradient_accumulation_steps)
+        if self.policy.centring and micro_batch < 2:
+            raise ValueError(
+                f"policy.centring compares the users of one micro-batch, but a micro-batch holds "
+                f"{micro_batch} episode (train.batch_size {train.batch_size} over "
+                f"{train.num_workers} workers x {train.gradient_accumulation_steps} accumulation "
+                "steps): raise the batch size or set policy.centring 0"
             )
         return self
 

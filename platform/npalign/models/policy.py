@@ -79,6 +79,7 @@ class PolicyOutput:
     logprobs: torch.Tensor  # (episodes, targets, 2) log π(y | x, z), chosen then rejected
     reference: torch.Tensor  # (episodes, targets, 2) log π_ref(y | x)
     lengths: torch.Tensor  # (episodes, targets, 2) response tokens
+    latent: torch.Tensor | None = None  # (episodes, latent) z, for a policy that reads context
 
 
 class SteerablePolicy(nn.Module):
@@ -193,11 +194,15 @@ class SteerablePolicy(nn.Module):
         `reference` (sequences,), when already known (evaluation scores the same target pairs
         at every context size), skips π_ref's forward pass."""
         context = batch.context
-        z = None
+        latent = z = None
         if use_latent:
-            z = self.latent(context.context_chosen, context.context_rejected, context.context_mask)
-            per_episode = batch.input_ids.shape[0] // z.shape[0]  # targets × (chosen, rejected)
-            z = z.repeat_interleave(per_episode, dim=0)  # (sequences, latent)
+            latent = self.latent(
+                context.context_chosen, context.context_rejected, context.context_mask
+            )
+            per_episode = (
+                batch.input_ids.shape[0] // latent.shape[0]
+            )  # targets × (chosen, rejected)
+            z = latent.repeat_interleave(per_episode, dim=0)  # (sequences, latent)
         # Sequences are left-padded: the logits of the last response_width + 1 positions
         # predict every response token.
         keep = batch.response_width + 1
@@ -213,6 +218,7 @@ class SteerablePolicy(nn.Module):
             policy.view(episodes, -1, 2),
             reference.view(episodes, -1, 2),
             batch.response_mask.sum(-1).view(episodes, -1, 2),
+            latent,
         )
 
     def generate(
@@ -276,12 +282,13 @@ def preference_metrics(
     sft_weight: float = 0.0,
     loss: str = "sigmoid",
     with_context: torch.Tensor | None = None,
+    centring: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """Mean training loss and per-episode metrics: nll (the DPO loss, comparable across
     settings), sft_nll and the implicit-reward accuracy (share of target pairs whose margin is
     positive). The loss is the registered preference `loss` on episodes `with_context`
     (episodes,) bool, None: all, and DPO on the others, + sft_weight · the chosen response's
-    per-token NLL.
+    per-token NLL, + centring · `latent_offcentre` of the latents of the episodes with context.
 
     With no context (or a context-blind policy) two users who dispute a pair ask for opposite
     things from one policy, and the pooled answer is no preference: DPO's two losses pull the
@@ -298,7 +305,29 @@ def preference_metrics(
         "sft_nll": sft.mean(1),
         "accuracy": (margin > 0).float().mean(1),
     }
-    return (preference + sft_weight * sft).mean(), metrics
+    total = (preference + sft_weight * sft).mean()
+    if centring and output.latent is not None:
+        users = output.latent if with_context is None else output.latent[with_context]
+        offcentre = latent_offcentre(users)
+        metrics["offcentre"] = offcentre.expand(len(chosen))
+        total = total + centring * offcentre
+    return total, metrics
+
+
+def latent_offcentre(z: torch.Tensor) -> torch.Tensor:
+    """|Σ z|² / Σ |z|² over users' latents (users, latent): 0 when they sit around z = 0 as
+    opposites, 1 for unrelated directions, up to the number of users when they share one.
+
+    z = 0 is where the policy answers a user nobody knows (base + LoRA, trained on the pooled
+    preference), so the users' latents should surround it. Nothing else puts them there: z is
+    measured from the empty context's encoding, and every real context shares a "has choices"
+    part, so both users of a disputed pair can sit on one side of z = 0; the policy at z = 0 is
+    then a point no user is at, which the pooled preference alone does not hold (on length it
+    drifted to answers over twice the base model's length). Scale-free, so it turns z and does
+    not shrink it; with paired targets each worker's micro-batch holds one user of each type."""
+    if len(z) < 2:
+        return z.new_zeros(())
+    return z.sum(0).square().sum() / z.square().sum().clamp(min=1e-8)
 
 
 # --- the registered policies -----------------------------------------------------------------

@@ -60,7 +60,7 @@ class PolicyTask:
         # A context-blind policy never reads the context: for it every episode is one without.
         with_context = batch.context.context_mask.any(-1) & self.use_latent
         output = model(batch, self.use_latent)
-        return preference_metrics(output, p.beta, p.sft_weight, p.loss, with_context)
+        return preference_metrics(output, p.beta, p.sft_weight, p.loss, with_context, p.centring)
 
     def save(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
         save_policy(
