@@ -212,7 +212,7 @@ def test_centring_pulls_users_latents_around_zero_and_only_those_with_context():
     assert latent_offcentre(torch.tensor([[1.0, 2.0], [-1.0, -2.0]])).item() == 0.0
     assert latent_offcentre(torch.tensor([[3.0, 0.0], [0.0, 3.0]])).item() == pytest.approx(1.0)
     assert latent_offcentre(torch.tensor([[1.0, 0.0], [2.0, 0.0]])).item() == pytest.approx(1.8)
-    # Scale-free: it turns latents, it does not shrink them.
+    # Scale-free when every latent scales together.
     z = torch.tensor([[1.0, 0.5], [0.2, 1.0]])
     torch.testing.assert_close(latent_offcentre(3 * z), latent_offcentre(z))
     assert latent_offcentre(z[:1]).item() == 0.0  # one user has no centre to be off

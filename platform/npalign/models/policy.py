@@ -323,10 +323,12 @@ def latent_offcentre(z: torch.Tensor) -> torch.Tensor:
     measured from the empty context's encoding, and every real context shares a "has choices"
     part, so both users of a disputed pair can sit on one side of z = 0; the policy at z = 0 is
     then a point no user is at, which the pooled preference alone does not hold (on length it
-    drifted to answers over twice the base model's length). Scale-free, so it turns z and does
-    not shrink it; with paired targets each worker's micro-batch holds one user of each type."""
+    drifted to answers over twice the base model's length). Scale-free overall: it pushes the
+    users towards equal and opposite z, not towards 0. With paired targets a worker's
+    micro-batch holds whole groups, one user of each type per group."""
     if len(z) < 2:
-        return z.new_zeros(())
+        return z.new_zeros((), dtype=torch.float32)
+    z = z.float()  # a ratio of sums of squares: bfloat16 would round both
     return z.sum(0).square().sum() / z.square().sum().clamp(min=1e-8)
 
 
