@@ -333,6 +333,10 @@ class TrainConfig(Strict):
             )
         return self
 
+    def micro_batch(self, world: int | None = None) -> int:
+        """Episodes in one worker's forward pass, over `world` workers (num_workers if None)."""
+        return self.batch_size // ((world or self.num_workers) * self.gradient_accumulation_steps)
+
     @field_validator("worker_resources")
     @classmethod
     def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
@@ -510,7 +514,7 @@ class PolicyJobConfig(Strict):
     @model_validator(mode="after")
     def _centring_sees_users(self) -> PolicyJobConfig:
         train = self.train
-        micro_batch = train.batch_size // (train.num_workers * train.gradient_accumulation_steps)
+        micro_batch = train.micro_batch()
         if self.policy.centring and micro_batch < 2:
             raise ValueError(
                 f"policy.centring compares the users of one micro-batch, but a micro-batch holds "

@@ -199,9 +199,8 @@ class SteerablePolicy(nn.Module):
             latent = self.latent(
                 context.context_chosen, context.context_rejected, context.context_mask
             )
-            per_episode = (
-                batch.input_ids.shape[0] // latent.shape[0]
-            )  # targets × (chosen, rejected)
+            # Each episode's targets × (chosen, rejected) sequences read its z.
+            per_episode = batch.input_ids.shape[0] // latent.shape[0]
             z = latent.repeat_interleave(per_episode, dim=0)  # (sequences, latent)
         # Sequences are left-padded: the logits of the last response_width + 1 positions
         # predict every response token.

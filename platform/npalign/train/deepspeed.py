@@ -38,7 +38,7 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
     if config.offload == "optimizer_and_params":
         zero["offload_param"] = {"device": "cpu", "pin_memory": gpu}
     built = {
-        "train_micro_batch_size_per_gpu": config.batch_size // (world_size * accumulation),
+        "train_micro_batch_size_per_gpu": config.micro_batch(world_size),
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": config.grad_clip,
         "zero_optimization": zero,

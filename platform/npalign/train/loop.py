@@ -246,7 +246,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     accumulation = config.gradient_accumulation_steps
-    micro_batch = config.batch_size // (world * accumulation)
+    micro_batch = config.micro_batch(world)
     steps_per_epoch = loop_config["train_episodes"] // config.batch_size
     device = ray.train.torch.get_device()
     dtype = torch.bfloat16 if use_bf16(config) else torch.float32
