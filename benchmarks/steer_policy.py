@@ -93,20 +93,21 @@ def main() -> None:
         f"total {minutes:.1f} min"
     )
     print(f"\n{policy.report}")
-    attribute = job.data.steer.types[0].attribute
     print(
-        f"\nGenerated {attribute} (mean ± SEM over {study['prompts']} test prompts, greedy, "
+        f"\nGenerated attribute (mean ± SEM over {study['prompts']} {split} prompts, greedy, "
         f"≤ {study['max_new_tokens']} new tokens):"
     )
-    print(f"{'':<26}" + "".join(f"{f'm={m}':>14}" for m in sizes))
-    for name, by_m in study["npdpo"].items():
+    print(f"{'':<34}" + "".join(f"{f'm={m}':>14}" for m in sizes))
+    for user_type in job.data.steer.types:
+        by_m = study["npdpo"][user_type.name]
         print(
-            f"{f'npdpo [{name} users]':<26}"
+            f"{f'npdpo [{user_type.name} users] {user_type.attribute}':<34}"
             + "".join(f"{by_m[m]['mean']:7.1f} ± {by_m[m]['sem']:4.1f}" for m in sizes)
         )
-    for label in ("dpo", "base"):
-        s, name = study[label][attribute], "dpo (pooled)" if label == "dpo" else label
-        print(f"{name:<26}{s['mean']:7.1f} ± {s['sem']:4.1f}  (context-blind)")
+    for attribute in study["dpo"]:
+        for label in ("dpo", "base"):
+            s, name = study[label][attribute], "dpo (pooled)" if label == "dpo" else label
+            print(f"{f'{name} {attribute}':<34}{s['mean']:7.1f} ± {s['sem']:4.1f}  (context-blind)")
     print(f"\nprompt: {study['prompt_0']}")
     for name, text in study["samples"].items():
         if name.endswith(f"m={max(sizes)}") or not name.startswith("npdpo"):

@@ -4,6 +4,7 @@ SmolLM2, where FiLM's identity at an empty context makes NP-DPO's m = 0 answers 
 network's answers without z."""
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from test_policy import LATENT, perturb
@@ -14,6 +15,7 @@ from npalign.evaluation.generation import (
     degenerate,
     generation_checks,
     generation_study,
+    plot_generation,
 )
 
 
@@ -59,13 +61,14 @@ def test_accuracy_checks_read_the_bootstrap_intervals():
     }
     results = {
         "npdpo": {
-            "average": {10: {"sum": interval(130, 120, 139)}},
+            "average": {10: {"mean": 65, "ci": [60, 69.5], "sum": interval(130, 120, 139)}},
             "by_type": {"a": {}, "b": {}},
             "change": {step: {"a": change_a[step], "b": change_b[step]} for step in change_a},
         }
     }
     checks = accuracy_checks(results, [0, 5, 10])
-    assert checks["npdpo A+B at m=10 >= 140"] == {"sum": 130, "ci": [120, 139], "pass": False}
+    average = checks["npdpo mean over types at m=10 >= 70"]
+    assert average["ci"] == [60, 69.5] and average["sum"]["mean"] == 130 and not average["pass"]
     assert checks["npdpo [a] rises from m=0 to m=10"]["pass"]
     assert not checks["npdpo [b] rises from m=0 to m=10"]["pass"]
     assert checks["npdpo [a] falls at no step in m"]["pass"]
@@ -117,7 +120,10 @@ def test_study_answers_every_type_at_every_m_and_m0_is_the_policy_without_z(tmp_
     # The pooled policy: the same LoRA, no encoder or FiLM.
     save_policy(checkpoints["dpo"], config, EmbedConfig(), 8, False, lora)
 
-    steer = SteerConfig(stories=30, pairs_per_prompt=6)
+    # A three-type mix over both attributes.
+    formal = {"name": "formal", "attribute": "formality", "prefers": "higher"}
+    types = [*SteerConfig().types, formal]
+    steer = SteerConfig(types=types, stories=30, pairs_per_prompt=6)
     text = read_text_splits(build_steer(steer))["test"]
     rng = np.random.default_rng(0)
     rows = text.num_rows
@@ -134,7 +140,7 @@ def test_study_answers_every_type_at_every_m_and_m0_is_the_policy_without_z(tmp_
     torch.manual_seed(0)
     study = generation_study(job, checkpoints, text, pairs, num_prompts=2, tokens=6)
 
-    assert set(study["npdpo"]) == {"concise", "detailed"}
+    assert set(study["npdpo"]) == {"concise", "detailed", "formal"}
     for per_m in study["npdpo"].values():
         assert set(per_m) == {0, 2}
         for result in per_m.values():
@@ -144,3 +150,7 @@ def test_study_answers_every_type_at_every_m_and_m0_is_the_policy_without_z(tmp_
         # with the same LoRA does.
         assert per_m[0]["texts"] == study["npdpo"]["concise"][0]["texts"]
     assert study["dpo"]["length"]["values"] == study["npdpo"]["concise"][0]["values"]
+    assert study["dpo"]["formality"]["values"] == study["npdpo"]["formal"][0]["values"]
+    plot_generation(study, job, tmp_path / "generated.png")
+    width, height = PIL.Image.open(tmp_path / "generated.png").size
+    assert (width, height) == (2 * 6 * 120, 4 * 120)  # a panel per attribute

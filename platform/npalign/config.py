@@ -513,14 +513,28 @@ class PolicyJobConfig(Strict):
 
     @model_validator(mode="after")
     def _centring_sees_users(self) -> PolicyJobConfig:
-        train = self.train
+        if not self.policy.centring:
+            return self
+        train, data = self.train, self.data
         micro_batch = train.micro_batch()
-        if self.policy.centring and micro_batch < 2:
+        batch = (
+            f"train.batch_size {train.batch_size} over {train.num_workers} workers x "
+            f"{train.gradient_accumulation_steps} accumulation steps"
+        )
+        if micro_batch < 2:
             raise ValueError(
                 f"policy.centring compares the users of one micro-batch, but a micro-batch holds "
-                f"{micro_batch} episode (train.batch_size {train.batch_size} over "
-                f"{train.num_workers} workers x {train.gradient_accumulation_steps} accumulation "
-                "steps): raise the batch size or set policy.centring 0"
+                f"{micro_batch} episode ({batch}): raise the batch size or set policy.centring 0"
+            )
+        # Paired steer episodes come in file order in groups of one user per type. Three users
+        # sum to z = 0 when centred, but two of them would be pushed to be opposites, which
+        # three users cannot all be: a micro-batch must hold whole groups.
+        group = len(data.steer.types)
+        if data.source == "steer" and data.paired_targets and micro_batch % group:
+            raise ValueError(
+                f"policy.centring compares the users of one micro-batch, and paired steer "
+                f"episodes come in groups of {group} (one user per type), but a micro-batch "
+                f"holds {micro_batch} episodes ({batch}): make it a multiple of {group}"
             )
         return self
 

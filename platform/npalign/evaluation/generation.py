@@ -29,16 +29,18 @@ log = logging.getLogger(__name__)
 
 def accuracy_checks(results: dict, sizes: list[int]) -> dict:
     """NP-DPO's implicit accuracy (`evaluate_by_context`'s intervals, a bootstrap over prompts):
-    A+B at the largest m, the gap to the per-type DPO oracle (when trained), each type's rise
-    from the smallest m to the largest (its paired interval above 0), and no step in m where a
-    type's accuracy falls (a paired interval of the change wholly below 0)."""
+    the types' mean at the largest m at least 70 % (A+B >= 140 for two types), the gap to the
+    per-type DPO oracle (when trained), each type's rise from the smallest m to the largest (its
+    paired interval above 0), and no step in m where a type's accuracy falls (a paired interval
+    of the change wholly below 0)."""
     npdpo, largest, smallest = results["npdpo"], max(sizes), min(sizes)
-    total = npdpo["average"][largest]["sum"]
+    average = npdpo["average"][largest]
     checks = {
-        f"npdpo A+B at m={largest} >= 140": {
-            "sum": total["mean"],
-            "ci": [total["low"], total["high"]],
-            "pass": total["mean"] >= 140,
+        f"npdpo mean over types at m={largest} >= 70": {
+            "mean": average["mean"],
+            "ci": average["ci"],
+            "sum": average["sum"],
+            "pass": average["mean"] >= 70,
         }
     }
     if "oracle" in results:
@@ -215,32 +217,37 @@ def generation_checks(study: dict, job: PolicyJobConfig) -> dict:
 
 
 def plot_generation(study: dict, job: PolicyJobConfig, path: Path) -> None:
-    """The generated attribute vs m per user type, pooled DPO and the base model as lines."""
+    """The generated attribute vs m per user type, pooled DPO and the base model as lines: a
+    panel per attribute, holding the types that prefer on it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = job.eval.context_sizes
-    attribute = job.data.steer.types[0].attribute
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, by_m in study["npdpo"].items():
-        ax.errorbar(
-            sizes,
-            [by_m[m]["mean"] for m in sizes],
-            yerr=[by_m[m]["sem"] for m in sizes],
-            marker="o",
-            capsize=3,
-            label=f"NP-DPO, {name} users",
-        )
-    for label, style in (("dpo", "k--"), ("base", "k:")):
-        ax.axhline(
-            study[label][attribute]["mean"],
-            linestyle=style[1:],
-            color="k",
-            label="pooled DPO" if label == "dpo" else "base model",
-        )
-    ax.set_xlabel("user's context pairs (m)")
-    ax.set_ylabel(f"generated {attribute} (steer scorer)")
-    ax.set_xticks(sizes)
-    save_plot(fig, ax, path)
+    attributes = sorted({t.attribute for t in job.data.steer.types})
+    fig, axes = plt.subplots(1, len(attributes), figsize=(6 * len(attributes), 4), squeeze=False)
+    for attribute, ax in zip(attributes, axes[0], strict=True):
+        for user_type in job.data.steer.types:
+            if user_type.attribute != attribute:
+                continue
+            by_m = study["npdpo"][user_type.name]
+            ax.errorbar(
+                sizes,
+                [by_m[m]["mean"] for m in sizes],
+                yerr=[by_m[m]["sem"] for m in sizes],
+                marker="o",
+                capsize=3,
+                label=f"NP-DPO, {user_type.name} users",
+            )
+        for label, style in (("dpo", "k--"), ("base", "k:")):
+            ax.axhline(
+                study[label][attribute]["mean"],
+                linestyle=style[1:],
+                color="k",
+                label="pooled DPO" if label == "dpo" else "base model",
+            )
+        ax.set_xlabel("user's context pairs (m)")
+        ax.set_ylabel(f"generated {attribute} (steer scorer)")
+        ax.set_xticks(sizes)
+    save_plot(fig, axes[0], path)
