@@ -169,6 +169,6 @@ def test_centring_needs_whole_groups_of_paired_users_in_a_micro_batch():
     three += "prefers: higher}, {name: c, attribute: formality, prefers: higher}]"
     args = ["data.source=steer", f"data.steer.types={three}", "data.paired_targets=true"]
     args += ["train.num_workers=2", "policy.centring=1"]
-    with pytest.raises(ConfigError, match="groups of 3 .* holds 2 episodes .* multiple of 3"):
+    with pytest.raises(ConfigError, match="groups of 3 .* holds 2 episodes .* multiple of 6"):
         load_config(None, [*args, "train.batch_size=4"], PolicyJobConfig)
     assert load_config(None, [*args, "train.batch_size=6"], PolicyJobConfig).train.batch_size == 6

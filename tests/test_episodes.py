@@ -31,6 +31,9 @@ def test_paired_episodes_score_every_user_on_the_same_targets():
     arrays = episode_arrays(episodes)
     contexts = context_rows(episodes)
     assert len(episodes) == 51
+    sizes = np.array([len(c) for c in contexts[:50]]).reshape(25, 2)
+    assert (sizes[:, 0] == sizes[:, 1]).all(), "one context size per group"
+    assert len(set(sizes[:, 0])) > 3, "drawn afresh for each group"
     for start in range(0, 51, 2):
         group = range(start, min(start + 2, 51))
         assert [arrays["user"][i] for i in group] == ["u0", "u1"][: len(group)]

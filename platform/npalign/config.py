@@ -526,15 +526,18 @@ class PolicyJobConfig(Strict):
                 f"policy.centring compares the users of one micro-batch, but a micro-batch holds "
                 f"{micro_batch} episode ({batch}): raise the batch size or set policy.centring 0"
             )
-        # Paired steer episodes come in file order in groups of one user per type. Three users
-        # sum to z = 0 when centred, but two of them would be pushed to be opposites, which
-        # three users cannot all be: a micro-batch must hold whole groups.
+        # Paired steer episodes come in file order in groups of one user per type. Centred,
+        # a group's latents sum to 0; two of three users seen without the third would be pushed
+        # to be opposites, which three users cannot all be pairwise. (Other sources' groups are
+        # their users, known only once the data is read; the steer task is where types mix.)
         group = len(data.steer.types)
         if data.source == "steer" and data.paired_targets and micro_batch % group:
+            per_micro_batch = train.num_workers * train.gradient_accumulation_steps
             raise ValueError(
                 f"policy.centring compares the users of one micro-batch, and paired steer "
                 f"episodes come in groups of {group} (one user per type), but a micro-batch "
-                f"holds {micro_batch} episodes ({batch}): make it a multiple of {group}"
+                f"holds {micro_batch} episodes ({batch}): set train.batch_size to a multiple of "
+                f"{per_micro_batch * group}"
             )
         return self
 

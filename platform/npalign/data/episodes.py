@@ -40,10 +40,12 @@ def sample_episodes(
 
     `paired`: episodes come instead in groups of consecutive rows, one episode per user, whose
     targets are the same n pairs (each labelled by that user) and whose contexts are each
-    user's own. Where the users label a pair differently, the part of the loss gradient that
-    ignores the user cancels within the group, so a batch of a few episodes carries mostly how
-    users differ: the signal that teaches a policy to read z. Needs pairs labelled by every
-    user (as in the synthetic and steer tasks).
+    user's own, one m for the whole group: the users then differ only in whose choices the
+    context holds, and a group without context is whole (all users of a disputed pair at once;
+    a policy's centring term also needs whole groups). Where the users label a pair
+    differently, the part of the loss gradient that ignores the user cancels within the group,
+    so a batch of a few episodes carries mostly how users differ: the signal that teaches a
+    policy to read z. Needs pairs labelled by every user (as in the synthetic and steer tasks).
 
     `empty_context_share`: each episode (each group, when paired) has an empty context with this
     probability, whatever m was drawn. A paired group with no context is the pooled preference
@@ -67,11 +69,12 @@ def sample_episodes(
     else:
         episode_user = rng.integers(0, len(users), size=num_episodes)
         target = np.empty((num_episodes, num_targets), dtype=np.int64)
-    sizes = rng.integers(min_context, max_context + 1, size=num_episodes)
+    group = len(users) if paired else 1
+    groups = -(-num_episodes // group)
+    sizes = np.repeat(rng.integers(min_context, max_context + 1, size=groups), group)
     if empty_context_share > 0:  # drawn only when asked, so other configs keep their episodes
-        group = len(users) if paired else 1
-        empty = rng.random(-(-num_episodes // group)) < empty_context_share
-        sizes[np.repeat(empty, group)[:num_episodes]] = 0
+        sizes[np.repeat(rng.random(groups) < empty_context_share, group)] = 0
+    sizes = sizes[:num_episodes]
     width = max(1, max_context)  # keep a real axis even when every context is empty
     context = np.full((num_episodes, width), PADDING, dtype=np.int64)
     for i, (u, m) in enumerate(zip(episode_user, sizes, strict=True)):

@@ -39,7 +39,7 @@ def accuracy_checks(results: dict, sizes: list[int]) -> dict:
         f"npdpo mean over types at m={largest} >= 70": {
             "mean": average["mean"],
             "ci": average["ci"],
-            "sum": average["sum"],
+            "sum_over_types": average["sum"],
             "pass": average["mean"] >= 70,
         }
     }
@@ -132,7 +132,7 @@ def generation_study(
         base = generate(npdpo, prompts, None, tokens, decoding=job.policy.decoding)
     out["samples"]["dpo (pooled)"], out["samples"]["base"] = pooled[0], base[0]
     out["prompt_0"] = prompts[0]
-    attributes = {t.attribute for t in types.values()}
+    attributes = sorted({t.attribute for t in types.values()})
     out["dpo"] = {
         a: {**mean_sem([SCORERS[a](t) for t in pooled]), "values": [SCORERS[a](t) for t in pooled]}
         for a in attributes
@@ -225,7 +225,7 @@ def plot_generation(study: dict, job: PolicyJobConfig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = job.eval.context_sizes
-    attributes = sorted({t.attribute for t in job.data.steer.types})
+    attributes = list(study["dpo"])
     fig, axes = plt.subplots(1, len(attributes), figsize=(6 * len(attributes), 4), squeeze=False)
     for attribute, ax in zip(attributes, axes[0], strict=True):
         for user_type in job.data.steer.types:

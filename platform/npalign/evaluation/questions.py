@@ -169,10 +169,7 @@ def plot_questions(studies: dict[str, dict], path: str | Path) -> None:
             ax.plot(k, [s["mean"] for s in by_k], marker="o", ms=3, label=selector)
             ax.fill_between(k, [s["low"] for s in by_k], [s["high"] for s in by_k], alpha=0.15)
         ax.set(title=task, xlabel="questions asked", ylabel="target accuracy (%)")
-        if ax is not axes[0][-1]:
-            ax.grid(alpha=0.3)
-            ax.legend()
-    save_plot(fig, axes[0][-1], path)
+    save_plot(fig, axes[0], path)
 
 
 def _first_k(accuracy: np.ndarray, level: float) -> int | None:
