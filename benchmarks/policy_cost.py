@@ -260,7 +260,7 @@ def generation_latency(
     # Both sides decode with the checkpoint's loop guards: the policy through npalign's
     # (counting the answer only), the base model through HF generate's own.
     decoding = job.policy.decoding
-    guards = answer_guards(decoding, width)
+    guards = answer_guards(decoding, width, loaded.word_tokens)
 
     def conditioned():
         z = user_latents(loaded, contexts)

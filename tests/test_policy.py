@@ -356,7 +356,11 @@ def test_loop_guards_count_the_answer_only():
     from npalign.config import DecodingConfig
     from npalign.inference import answer_guards
 
-    (ngrams,) = answer_guards(DecodingConfig(no_repeat_ngram_size=2), prompt_width=3)
+    words = torch.tensor([True] * 8 + [False, True])  # token 8 holds no letter (a digit)
+    only = {"no_repeat_ngram_size": 0, "max_word_run": 0}
+    (ngrams,) = answer_guards(
+        DecodingConfig(**{**only, "no_repeat_ngram_size": 2}), prompt_width=3, words=words
+    )
     # the answer so far is 8 9 8: a 9 would say the bigram (8, 9) twice
     out = ngrams(torch.tensor([[5, 6, 7, 8, 9, 8]]), torch.zeros(1, 10))
     assert out[0, 9] == -torch.inf and torch.isfinite(out[0, :9]).all()
@@ -364,11 +368,26 @@ def test_loop_guards_count_the_answer_only():
     out = ngrams(torch.tensor([[5, 6, 7, 5]]), torch.zeros(1, 10))
     assert torch.isfinite(out).all()
     (penalty,) = answer_guards(
-        DecodingConfig(repetition_penalty=2.0, no_repeat_ngram_size=0), prompt_width=3
+        DecodingConfig(**{**only, "repetition_penalty": 2.0}), prompt_width=3, words=words
     )
     out = penalty(torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 10))
     assert out[0, 8] == 0.5 and out[0, 5] == 1.0  # 8 is in the answer, 5 in the prompt only
-    assert answer_guards(DecodingConfig(no_repeat_ngram_size=0), 3) == []
+    (run,) = answer_guards(DecodingConfig(**{**only, "max_word_run": 2}), 3, words)
+    # rows' answers: 9 9 (a third 9 is banned), 8 8 (a digit: not banned), 9 (once), and
+    # 7 after the prompt's 7 7 (the prompt does not count)
+    ids = torch.tensor([[1, 2, 3, 9, 9], [1, 2, 3, 8, 8], [1, 2, 3, 4, 9], [1, 7, 7, 0, 7]])
+    out = run(ids, torch.zeros(4, 10))
+    assert out[0, 9] == -torch.inf and (out.isinf().sum(1) == torch.tensor([1, 0, 0, 0])).all()
+    assert answer_guards(DecodingConfig(**only), 3, words) == []
+
+
+def test_word_tokens_are_those_that_hold_a_letter(smol_checkpoint):
+    tokenizer, words = smol_checkpoint.tokenizer, smol_checkpoint.word_tokens
+    assert len(words) == len(tokenizer)
+    ids = tokenizer("Lord Justice Justice 2000, 'ok'")["input_ids"]
+    pieces = [(tokenizer.decode([i]), bool(words[i])) for i in ids]
+    assert pieces[1:3] == [(" Justice", True), (" Justice", True)]
+    assert [piece for piece, word in pieces[3:] if word] == ["ok"]
 
 
 def test_generate_rejects_bad_input_clearly(smol_checkpoint):
@@ -467,7 +486,8 @@ def test_the_export_loads_with_plain_transformers_and_peft(tmp_path, smol_checkp
             torch.testing.assert_close(saved[name], tensor)
     card = (out / "README.md").read_text()
     assert "LoRA rank 4" in card
-    assert "no token 4-gram twice in an answer" in card  # the checkpoint's default guards
+    # the checkpoint's default guards
+    assert "no token 4-gram twice in an answer, no word token more than 2 times in a row" in card
     with pytest.raises(FileExistsError):
         load_job("export_policy").main([str(smol_checkpoint_folder), "--out", str(out)])
 

@@ -409,6 +409,13 @@ class DecodingConfig(Strict):
     no_repeat_ngram_size: int = Field(
         4, ge=0, description="no token n-gram of this size twice in an answer; 0: off"
     )
+    # A word said three times running ("Lord Justice Justice Justice") is no n-gram said twice.
+    max_word_run: int = Field(
+        2,
+        ge=0,
+        description="no word token more than this many times in a row in an answer; 0: off "
+        "(tokens without a letter are exempt: numbers repeat digits)",
+    )
 
 
 class PolicyConfig(Strict):

@@ -77,7 +77,9 @@ def guards_text(decoding: DecodingConfig) -> str:
         guards.append(f"no token {decoding.no_repeat_ngram_size}-gram twice in an answer")
     if decoding.repetition_penalty != 1.0:
         guards.append(f"repetition penalty {decoding.repetition_penalty}")
-    return " and ".join(guards) or "no loop guards"
+    if decoding.max_word_run:
+        guards.append(f"no word token more than {decoding.max_word_run} times in a row")
+    return ", ".join(guards) or "no loop guards"
 
 
 def model_card(spec: dict, run: Path | None) -> str:

@@ -212,8 +212,32 @@ class AnswerOnly:
         return self.inner(input_ids[:, self.prompt_width :], scores)
 
 
-def answer_guards(decoding: DecodingConfig, prompt_width: int) -> list[AnswerOnly]:
-    """`decoding`'s loop guards, applied to the answer alone (HF generate's `logits_processor`)."""
+class WordRunLimit:
+    """An HF logits processor that bans a word token from coming `longest` + 1 times in a row
+    (`words`: (vocab,) bool, the tokens that hold a letter)."""
+
+    def __init__(self, longest: int, words: torch.Tensor):
+        self.longest, self.words = longest, words
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] < self.longest:
+            return scores
+        last = input_ids[:, -self.longest :]
+        token = last[:, -1]
+        words = self.words.to(token.device)
+        is_word = torch.zeros_like(token, dtype=torch.bool)
+        known = token < len(words)  # a model's vocabulary can be padded past its tokenizer's
+        is_word[known] = words[token[known]]
+        banned = (last == token[:, None]).all(1) & is_word
+        scores[banned, token[banned]] = -torch.inf
+        return scores
+
+
+def answer_guards(
+    decoding: DecodingConfig, prompt_width: int, words: torch.Tensor
+) -> list[AnswerOnly]:
+    """`decoding`'s loop guards, applied to the answer alone (HF generate's `logits_processor`);
+    `words`: (vocab,) bool, the tokens that hold a letter (`PolicyCheckpoint.word_tokens`)."""
     from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
     guards = []
@@ -223,6 +247,8 @@ def answer_guards(decoding: DecodingConfig, prompt_width: int) -> list[AnswerOnl
     if decoding.no_repeat_ngram_size:
         ngrams = NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size)
         guards.append(AnswerOnly(ngrams, prompt_width))
+    if decoding.max_word_run:
+        guards.append(AnswerOnly(WordRunLimit(decoding.max_word_run, words), prompt_width))
     return guards
 
 
@@ -275,7 +301,7 @@ def generate(
         # count the prompt too.
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
-        logits_processor=answer_guards(decoding, width),
+        logits_processor=answer_guards(decoding, width, checkpoint.word_tokens),
         **sampling,
     )
     return [

@@ -21,6 +21,7 @@ answers ends in word salad.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -453,6 +454,12 @@ class PolicyCheckpoint:
     @property
     def device(self) -> torch.device:
         return device_of(self.policy)
+
+    @functools.cached_property
+    def word_tokens(self) -> torch.Tensor:
+        """(vocab,) bool: the tokens that hold a letter (the decoding's word-run guard)."""
+        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        return torch.tensor([any(c.isalpha() for c in text) for text in texts])
 
 
 def save_policy(
