@@ -82,7 +82,7 @@ def cost_worker_npdpo(job: PolicyJobConfig, batch, steps: int) -> dict:
 
     from npalign.models.policy import available_device
     from npalign.train.deepspeed import use_bf16
-    from npalign.train.loop import build_engine
+    from npalign.train.loop import build_engine, release_freed_memory
     from npalign.train.policy import PolicyTask
 
     device = available_device()
@@ -99,6 +99,7 @@ def cost_worker_npdpo(job: PolicyJobConfig, batch, steps: int) -> dict:
         loss, _ = task.loss(engine, batch, step)
         engine.backward(loss)
         engine.step()
+        release_freed_memory(device)  # as the training loop does after each step
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)

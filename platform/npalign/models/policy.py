@@ -208,10 +208,11 @@ class SteerablePolicy(nn.Module):
         keep = batch.response_width + 1
         ids, responses = batch.input_ids[:, -keep:], batch.response_mask[:, -keep:]
         args = (batch.input_ids, batch.attention_mask)
-        policy = sequence_logprobs(self.logits(*args, z, keep), ids, responses)
+        # π_ref first: its pass then peaks before the policy's activations are held for backward.
         if reference is None:
             with torch.no_grad(), self.reference():
                 reference = sequence_logprobs(self.logits(*args, None, keep), ids, responses)
+        policy = sequence_logprobs(self.logits(*args, z, keep), ids, responses)
         episodes = context.context_mask.shape[0]
         # (episodes, targets, 2): chosen then rejected
         return PolicyOutput(

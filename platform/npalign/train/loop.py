@@ -7,6 +7,8 @@ holding every rank's shard, resume after a failure, metrics.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import logging
 import math
@@ -121,6 +123,28 @@ def flush_denormals(device: torch.device) -> bool:
     small to change a gradient. GPUs handle them at full speed, so nothing changes there.
     True if set."""
     return device.type == "cpu" and torch.set_flush_denormal(True)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory(device: torch.device) -> bool:
+    """On CPU, hand the memory of freed tensors back to the OS (glibc's malloc_trim), after
+    each optimizer step. glibc keeps it for reuse, and once large tensors have been freed it
+    raises its mmap threshold and serves them from its heap, whose fragments stay resident: the
+    policy's peak RSS grew by 1.6 GB from its first step to its second. A trim costs about 0.1 s
+    after a 6 s policy step and microseconds after a small one. GPUs have their own allocator.
+    True if trimmed."""
+    trim = _malloc_trim() if device.type == "cpu" else None
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def build_engine(task: Task, config: TrainConfig, total_steps: int, world: int):
@@ -294,6 +318,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 engine.backward(loss)
                 engine.step()
                 losses.append(loss.detach().float())
+            release_freed_memory(device)
             step += 1
             if bar:
                 bar.update(1)
