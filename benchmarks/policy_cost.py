@@ -259,9 +259,10 @@ def generation_latency(
     }
 
     # Both sides decode with the checkpoint's loop guards: the policy through npalign's
-    # (counting the answer only), the base model through HF generate's own.
+    # (counting the answer only), the base model through HF generate's own, which have no
+    # word-run guard.
     decoding = job.policy.decoding
-    guards = answer_guards(decoding, width, loaded.word_tokens)
+    guards = answer_guards(decoding, width, lambda: loaded.word_tokens)
 
     def conditioned():
         z = user_latents(loaded, contexts)

@@ -359,7 +359,7 @@ def test_loop_guards_count_the_answer_only():
     words = torch.tensor([True] * 8 + [False, True])  # token 8 holds no letter (a digit)
     only = {"no_repeat_ngram_size": 0, "max_word_run": 0}
     (ngrams,) = answer_guards(
-        DecodingConfig(**{**only, "no_repeat_ngram_size": 2}), prompt_width=3, words=words
+        DecodingConfig(**{**only, "no_repeat_ngram_size": 2}), prompt_width=3, words=lambda: words
     )
     # the answer so far is 8 9 8: a 9 would say the bigram (8, 9) twice
     out = ngrams(torch.tensor([[5, 6, 7, 8, 9, 8]]), torch.zeros(1, 10))
@@ -368,17 +368,17 @@ def test_loop_guards_count_the_answer_only():
     out = ngrams(torch.tensor([[5, 6, 7, 5]]), torch.zeros(1, 10))
     assert torch.isfinite(out).all()
     (penalty,) = answer_guards(
-        DecodingConfig(**{**only, "repetition_penalty": 2.0}), prompt_width=3, words=words
+        DecodingConfig(**{**only, "repetition_penalty": 2.0}), prompt_width=3, words=lambda: words
     )
     out = penalty(torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 10))
     assert out[0, 8] == 0.5 and out[0, 5] == 1.0  # 8 is in the answer, 5 in the prompt only
-    (run,) = answer_guards(DecodingConfig(**{**only, "max_word_run": 2}), 3, words)
+    (run,) = answer_guards(DecodingConfig(**{**only, "max_word_run": 2}), 3, lambda: words)
     # rows' answers: 9 9 (a third 9 is banned), 8 8 (a digit: not banned), 9 (once), and
     # 7 after the prompt's 7 7 (the prompt does not count)
     ids = torch.tensor([[1, 2, 3, 9, 9], [1, 2, 3, 8, 8], [1, 2, 3, 4, 9], [1, 7, 7, 0, 7]])
     out = run(ids, torch.zeros(4, 10))
     assert out[0, 9] == -torch.inf and (out.isinf().sum(1) == torch.tensor([1, 0, 0, 0])).all()
-    assert answer_guards(DecodingConfig(**only), 3, words) == []
+    assert answer_guards(DecodingConfig(**only), 3, words=pytest.fail) == []  # never asked
 
 
 def test_word_tokens_are_those_that_hold_a_letter(smol_checkpoint):

@@ -200,7 +200,8 @@ class DataConfig(Strict):
     )
     paired_targets: bool = Field(
         False,
-        description="train and val episodes in groups, one per user, on the same target pairs",
+        description="train and val episodes in groups, one per user, on the same target pairs "
+        "and with one context size per group",
     )
     empty_context_share: float = Field(
         0.0,
@@ -399,7 +400,8 @@ class DecodingConfig(Strict):
     """How a policy writes by default: greedy, with guards against loops that count the answer's
     own tokens only (HF's count the prompt too, so an answer could not repeat a name the prompt
     holds). Saved with the checkpoint, so the endpoint, jobs/generate.py and the benchmark's
-    generation study decode alike."""
+    generation study decode alike; a checkpoint saved before a guard existed gets today's
+    default for it."""
 
     repetition_penalty: float = Field(
         1.0, ge=1.0, description="the logit of a token already in the answer is divided by this"

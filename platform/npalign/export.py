@@ -50,7 +50,7 @@ h ← (1 + W_l z) ⊙ h + V_l z. Embeddings: {embed}. With npalign installed,
 npalign decodes this policy greedily, with {guards}, counted over the answer's own tokens only
 (`npalign.inference.answer_guards`). HF generate's `no_repeat_ngram_size` and
 `repetition_penalty` are close, but they count the prompt too: with them an answer cannot repeat
-a name from its prompt.
+a name from its prompt. HF generate has no word-run guard.
 
 ## Training data
 

@@ -9,6 +9,7 @@ embeddings already computed (e.g. stored by a server).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,22 +223,24 @@ class WordRunLimit:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[1] < self.longest:
             return scores
+        if self.words.device != scores.device:
+            self.words = self.words.to(scores.device)
         last = input_ids[:, -self.longest :]
-        token = last[:, -1]
-        words = self.words.to(token.device)
-        is_word = torch.zeros_like(token, dtype=torch.bool)
-        known = token < len(words)  # a model's vocabulary can be padded past its tokenizer's
-        is_word[known] = words[token[known]]
-        banned = (last == token[:, None]).all(1) & is_word
-        scores[banned, token[banned]] = -torch.inf
-        return scores
+        token = last[:, -1:]  # (rows, 1)
+        # A model's vocabulary can be padded past its tokenizer's: those tokens are no words.
+        known = token < len(self.words)
+        is_word = self.words[token.clamp(max=len(self.words) - 1)] & known
+        banned = (last == token).all(1, keepdim=True) & is_word
+        # Added where banned, on device: no boolean indexing, which waits for the GPU.
+        return scores.scatter_add(1, token, torch.where(banned, -torch.inf, 0.0).to(scores.dtype))
 
 
 def answer_guards(
-    decoding: DecodingConfig, prompt_width: int, words: torch.Tensor
+    decoding: DecodingConfig, prompt_width: int, words: Callable[[], torch.Tensor]
 ) -> list[AnswerOnly]:
     """`decoding`'s loop guards, applied to the answer alone (HF generate's `logits_processor`);
-    `words`: (vocab,) bool, the tokens that hold a letter (`PolicyCheckpoint.word_tokens`)."""
+    `words()`: (vocab,) bool, the tokens that hold a letter (`PolicyCheckpoint.word_tokens`),
+    asked for only when the word-run guard is on."""
     from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
     guards = []
@@ -248,7 +251,7 @@ def answer_guards(
         ngrams = NoRepeatNGramLogitsProcessor(decoding.no_repeat_ngram_size)
         guards.append(AnswerOnly(ngrams, prompt_width))
     if decoding.max_word_run:
-        guards.append(AnswerOnly(WordRunLimit(decoding.max_word_run, words), prompt_width))
+        guards.append(AnswerOnly(WordRunLimit(decoding.max_word_run, words()), prompt_width))
     return guards
 
 
@@ -301,7 +304,7 @@ def generate(
         # count the prompt too.
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
-        logits_processor=answer_guards(decoding, width, checkpoint.word_tokens),
+        logits_processor=answer_guards(decoding, width, lambda: checkpoint.word_tokens),
         **sampling,
     )
     return [

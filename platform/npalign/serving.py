@@ -258,6 +258,8 @@ class SteerableEndpoint:
         # Ray shows a replica only the GPU it was given (gpus_per_replica), none otherwise.
         device = available_device()
         self.policy = load_policy(self.config.policy, device)
+        if self.policy.decoding.max_word_run:
+            self.policy.word_tokens  # noqa: B018 -- decoded now (0.2 s), not by the first request
         positions = self.policy.policy.lm.config.max_position_embeddings
         if self.config.max_prompt_tokens + self.config.max_new_tokens > positions:
             raise ValueError(

@@ -128,18 +128,19 @@ def flush_denormals(device: torch.device) -> bool:
 @functools.cache
 def _malloc_trim():
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
 
 
 def release_freed_memory(device: torch.device) -> bool:
-    """On CPU, hand the memory of freed tensors back to the OS (glibc's malloc_trim), after
+    """On CPU, ask glibc to hand the memory of freed tensors back to the OS (malloc_trim), after
     each optimizer step. glibc keeps it for reuse, and once large tensors have been freed it
-    raises its mmap threshold and serves them from its heap, whose fragments stay resident: the
-    policy's peak RSS grew by 1.6 GB from its first step to its second. A trim costs about 0.1 s
-    after a 6 s policy step and microseconds after a small one. GPUs have their own allocator.
-    True if trimmed."""
+    raises its mmap threshold and serves them from its heap, whose holes stay resident, so the
+    peak memory of a large model's step grows after the first step. GPUs have their own
+    allocator. True if malloc_trim was called."""
     trim = _malloc_trim() if device.type == "cpu" else None
     if trim is None:
         return False
