@@ -185,6 +185,28 @@ def test_apo_zero_by_hand_moves_each_answer_on_its_own():
     assert rejected_grad == pytest.approx(0.5 * sigmoid(-0.25) * (1 - sigmoid(-0.25)))
 
 
+def test_per_token_ratios_gain_nothing_from_degrading_every_token():
+    # A short chosen answer (4 tokens) and a long rejected one (12), both at π_ref; then every
+    # token made 0.5 nats less likely.
+    reference = torch.tensor([[[-8.0, -24.0]]])
+    lengths = torch.tensor([[[4, 12]]])
+    at_reference = PolicyOutput(reference.clone(), reference, lengths)
+    degraded = PolicyOutput(reference - 0.5 * lengths, reference, lengths)
+    for loss in ("sigmoid", "apo_zero"):
+        same = [
+            preference_metrics(o, 2.0, loss=loss, per_token=True)[0]
+            for o in (at_reference, degraded)
+        ]
+        summed = [preference_metrics(o, 0.1, loss=loss)[0] for o in (at_reference, degraded)]
+        assert same[1].item() == pytest.approx(same[0].item())
+        assert summed[1].item() < summed[0].item()  # summed, degrading looks like preferring short
+    # by hand: chosen −1 over 4 tokens, rejected +3 over 12: per token −0.25 and +0.25
+    output = PolicyOutput(torch.tensor([[[-9.0, -21.0]]]), reference, lengths)
+    loss, metrics = preference_metrics(output, 2.0, per_token=True)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(2.0 * 0.5)))
+    assert metrics["accuracy"].item() == 0.0  # the summed margin, −1 − 3, as evaluation reads it
+
+
 def test_an_unknown_preference_loss_is_refused_with_the_registered_ones():
     from npalign.config import PolicyConfig
 
@@ -314,7 +336,9 @@ def smol_checkpoint_folder(tmp_path_factory):
     from npalign.models.policy import build_policy, save_policy
 
     folder = tmp_path_factory.mktemp("policy")
-    config = PolicyConfig(num_layers=1, lora_rank=4, hidden_dim=16, latent_dim=LATENT)
+    config = PolicyConfig(
+        num_layers=1, lora_rank=4, hidden_dim=16, latent_dim=LATENT, latent_scale=2.5
+    )
     policy, _ = build_policy(config, feature_dim=384)
     perturb(policy)
     state = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
@@ -484,6 +508,7 @@ def test_the_export_loads_with_plain_transformers_and_peft(tmp_path, smol_checkp
     for name, tensor in policy.state_dict().items():
         if name.startswith(("film.", "encoder.")):
             torch.testing.assert_close(saved[name], tensor)
+    assert steering["latent_scale"] == policy.latent_scale == 2.5  # saved, loaded, exported
     card = (out / "README.md").read_text()
     assert "LoRA rank 4" in card
     # the checkpoint's default guards
@@ -590,3 +615,40 @@ def test_the_1p5b_config_builds_on_the_meta_device_and_its_zero3_shards_fit_8_gp
     # bf16 gradient (2 bytes) for the trained part
     per_gpu_gb = (2 * (frozen + trained) + 14 * trained) / workers / 1e9
     assert per_gpu_gb < 1.5
+
+
+def test_latent_scale_puts_full_context_users_at_one_per_coordinate():
+    from test_preferences import small_table
+
+    from npalign.config import PolicyJobConfig
+    from npalign.data.episodes import collate, episode_arrays, sample_episodes
+    from npalign.train.policy import SCALE_USERS, with_latent_scale
+
+    pairs = small_table(rows=200, dim=16)
+    job = PolicyJobConfig.model_validate(
+        {
+            "data": {"source": "steer", "max_context": 10},
+            "policy": {"hidden_dim": 32, "latent_dim": LATENT},
+        }
+    )
+    torch.manual_seed(0)  # the fresh encoder that with_latent_scale builds (no encoder_init)
+    scale = with_latent_scale(job, pairs).policy.latent_scale
+    torch.manual_seed(0)
+    encoder = ContextEncoder(16, 32, LATENT)
+    users = sample_episodes(pairs, SCALE_USERS, 10, 10, job.data.num_targets, job.train.seed)
+    c = collate(episode_arrays(users, ("context", "target")), pairs)
+    policy = SteerablePolicy(tiny_lm(), encoder, LATENT, latent_scale=scale)
+    with torch.no_grad():
+        z = policy.latent(c.context_chosen, c.context_rejected, c.context_mask)
+    assert scale != pytest.approx(1.0, abs=0.1)  # a random encoder's own scale is not 1
+    assert z.square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+    empty = torch.zeros(1, 10, dtype=torch.bool)
+    assert torch.equal(
+        policy.latent(c.context_chosen[:1], c.context_rejected[:1], empty),
+        z[:0].new_zeros(1, LATENT),
+    )
+    # set by hand, or with no context to read, the scale is left as it is
+    fixed = job.model_copy(update={"policy": job.policy.model_copy(update={"latent_scale": 2.0})})
+    assert with_latent_scale(fixed, pairs).policy.latent_scale == 2.0
+    blind = job.model_copy(update={"data": job.data.model_copy(update={"max_context": 0})})
+    assert with_latent_scale(blind, pairs).policy.latent_scale is None

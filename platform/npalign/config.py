@@ -457,6 +457,14 @@ class PolicyConfig(Strict):
         description="a reward job YAML (configs/steer_encoder.yaml): without encoder_init, its "
         "NP-BTL is trained first on the policy's data and starts z's encoder",
     )
+    latent_scale: float | None = Field(
+        None,
+        gt=0,
+        description="z is divided by this before FiLM reads it; unset, training measures it "
+        "from the starting encoder: the root mean square per coordinate of μ(C) − μ(∅) over "
+        "training users with a full context, so FiLM's steps mean the same whichever encoder "
+        "it starts from (saved with the checkpoint)",
+    )
     # At identity initialisation FiLM's and the encoder's gradients start tiny: a higher rate.
     latent_lr: float = Field(1e-3, gt=0, description="learning rate of the encoder and FiLM")
     beta: float = Field(0.05, gt=0, description="β of the preference loss (DPO's β)")
@@ -466,6 +474,14 @@ class PolicyConfig(Strict):
         "loss_type names: 'sigmoid' (DPO) or 'apo_zero' (the chosen answer made likelier and the "
         "rejected less likely, each on its own); with no context, and for context-blind "
         "policies, always DPO",
+    )
+    per_token: bool = Field(
+        False,
+        description="the preference loss reads each response's log-ratio log π − log π_ref "
+        "averaged over its tokens (SimPO's length normalisation) instead of summed: making "
+        "every token less likely then favours neither the shorter answer nor the longer; β is "
+        "then per token (for 40-token answers about 40 times a summed β); evaluation's "
+        "implicit reward stays summed",
     )
     sft_weight: float = Field(
         0.0,

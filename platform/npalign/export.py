@@ -40,10 +40,10 @@ policy = PeftModel.from_pretrained(base, "adapter")   # the policy for a user wi
 tokenizer = AutoTokenizer.from_pretrained("{base_path}")
 ```
 
-`steering.safetensors` + `steering.json` hold the context encoder and FiLM: z = μ(C) − μ(∅)
-from the encoder over the user's (chosen, rejected) embeddings, then after block l
-h ← (1 + W_l z) ⊙ h + V_l z. Embeddings: {embed}. With npalign installed,
-`npalign.models.policy.load_policy` on the original checkpoint does all of this.
+`steering.safetensors` + `steering.json` hold the context encoder and FiLM:
+z = (μ(C) − μ(∅)) / s from the encoder over the user's (chosen, rejected) embeddings (s:
+`latent_scale`), then after block l h ← (1 + W_l z) ⊙ h + V_l z. Embeddings: {embed}. With
+npalign installed, `npalign.models.policy.load_policy` on the original checkpoint does all of this.
 
 ## Decoding
 
@@ -131,7 +131,9 @@ def export_policy(checkpoint: Path, out: Path) -> Path:
             {
                 "film": "after transformer block l: h <- (1 + gamma_l(z)) * h + beta_l(z), "
                 "linear maps without bias (film.<l>.gamma/beta.weight, (width, latent))",
-                "latent": "z = mu(C) - mu(empty context) from the encoder (encoder.*)",
+                "latent": "z = (mu(C) - mu(empty context)) / latent_scale from the encoder "
+                "(encoder.*)",
+                "latent_scale": policy.latent_scale,
                 "use_latent": spec["use_latent"],
                 "feature_dim": spec["feature_dim"],
                 "num_blocks": spec["num_blocks"],

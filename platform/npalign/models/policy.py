@@ -3,19 +3,23 @@ conditioned per batch row on a user's latent z from the context encoder.
 
     h_l ← γ_l(z) ⊙ h_l + β_l(z),   γ_l(z) = 1 + W_l z,   β_l(z) = V_l z     after block l
 
-z is measured from the empty context's latent, z = μ(C) − μ(∅), and the maps have no bias, so
+z is measured from the empty context's latent, z = (μ(C) − μ(∅)) / s, and the maps have no bias, so
 FiLM is exactly the identity with no context (and at initialisation, W = V = 0): a user nobody
 knows anything about gets base + LoRA alone, the part every user's episodes train, and context
 moves the policy away from there. A bias, or an uncentred z, would be a user-blind shift, which
 is LoRA's job. LoRA itself can still lean to one user type unless training also holds episodes
-without context (`data.empty_context_share`).
+without context (`data.empty_context_share`). The scale s (`policy.latent_scale`) makes z's
+coordinates about 1 for a user with a full context, whichever encoder z comes from: under Adam
+a FiLM step moves W by about the learning rate, so W z moves with |z|, and NP-BTL encoders
+trained longer give latents twice as large.
 
 The reference policy π_ref of DPO is the same network with LoRA and FiLM switched off (no copy of
 the weights). The preference loss (DPO, or APO-zero where the policy reads a context) compares
 sequence log-probs summed over the response tokens only; an optional term `sft_weight ·
 NLL(chosen)` per token (TRL's `sft` loss type) keeps the conditioned policy writing text: pure
 DPO can raise the margin by making *both* responses unlikely, which for a user who wants short
-answers ends in word salad.
+answers ends in word salad. With `policy.per_token` the loss reads log-ratios averaged over each
+response's tokens instead (`preference_metrics`); evaluation's implicit reward stays summed.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class SteerablePolicy(nn.Module):
         encoder: ContextEncoder,
         latent_dim: int,
         lora: LoraSettings | None = None,
+        latent_scale: float = 1.0,
     ):
         super().__init__()
         from peft import LoraConfig, get_peft_model
@@ -115,6 +120,7 @@ class SteerablePolicy(nn.Module):
             ),
         )
         self.encoder = encoder
+        self.latent_scale = latent_scale
         blocks = transformer_blocks(self.lm)
         width = self.lm.config.hidden_size
         self.film = nn.ModuleList(FiLM(latent_dim, width) for _ in blocks)
@@ -155,16 +161,10 @@ class SteerablePolicy(nn.Module):
     def latent(
         self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """z = μ(C) − μ(∅), the mean of q(z | context) measured from the empty context's, from
-        embeddings of the context pairs: (batch, m, dim) ×2, mask (batch, m) → (batch, latent).
-        An empty context gives z = 0 exactly: FiLM is the identity, the policy base + LoRA."""
-        # The empty context rides along as one more row of the same call: under ZeRO-3 the
-        # encoder's parameters are gathered only inside its forward.
-        chosen, rejected, mask = (
-            torch.cat([t, t.new_zeros((1, *t.shape[1:]))]) for t in (chosen, rejected, mask)
-        )
-        mean = self.encoder(chosen, rejected, mask).mean
-        return mean[:-1] - mean[-1:]
+        """z = (μ(C) − μ(∅)) / latent_scale from embeddings of the context pairs: (batch, m, dim)
+        ×2, mask (batch, m) → (batch, latent). An empty context gives z = 0 exactly: FiLM is the
+        identity, the policy base + LoRA."""
+        return from_empty_context(self.encoder, chosen, rejected, mask) / self.latent_scale
 
     def logits(
         self,
@@ -284,20 +284,37 @@ def preference_metrics(
     loss: str = "sigmoid",
     with_context: torch.Tensor | None = None,
     centring: float = 0.0,
+    per_token: bool = False,
 ) -> tuple[torch.Tensor, dict]:
-    """Mean training loss and per-episode metrics: nll (the DPO loss, comparable across
-    settings), sft_nll and the implicit-reward accuracy (share of target pairs whose margin is
-    positive). The loss is the registered preference `loss` on episodes `with_context`
-    (episodes,) bool, None: all, and DPO on the others, + sft_weight · the chosen response's
-    per-token NLL, + centring · `latent_offcentre` of the latents of the episodes with context.
+    """Mean training loss and per-episode metrics: nll (the DPO loss on the log-ratios the loss
+    reads), sft_nll and the implicit-reward accuracy (share of target pairs whose summed margin
+    is positive, as evaluation scores it). The loss is the registered preference `loss` on
+    episodes `with_context` (episodes,) bool, None: all, and DPO on the others, + sft_weight ·
+    the chosen response's per-token NLL, + centring · `latent_offcentre` of the latents of the
+    episodes with context. `per_token`: the log-ratios are averaged over each response's tokens
+    instead of summed (β is then per token).
 
     With no context (or a context-blind policy) two users who dispute a pair ask for opposite
     things from one policy, and the pooled answer is no preference: DPO's two losses pull the
-    margin back to 0, where APO-zero's add up to a constant and leave base + LoRA to drift."""
+    margin back to 0, where APO-zero's add up to a constant and leave base + LoRA to drift.
+
+    Summed log-ratios reward a policy that makes every token a little less likely whenever the
+    chosen answer is the shorter one: the longer answer loses more in total. A policy reading z
+    can then serve users who prefer short answers by degrading its text for every user whose z
+    is far from 0, users who prefer long ones included. Averaged per token, degrading every
+    token alike moves both ratios equally and the preference loss gains nothing from it."""
     chosen, rejected = output.logprobs.unbind(-1)
     ref_chosen, ref_rejected = output.reference.unbind(-1)
-    nll, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
-    preference = PREFERENCE_LOSSES[loss](chosen - ref_chosen, rejected - ref_rejected, beta)
+    chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
+    margin = chosen_ratio - rejected_ratio  # the implicit reward's sign, as evaluation reads it
+    if per_token:
+        lengths = output.lengths.clamp(min=1)
+        chosen_ratio, rejected_ratio = (
+            chosen_ratio / lengths[..., 0],
+            rejected_ratio / lengths[..., 1],
+        )
+    nll = sigmoid_loss(chosen_ratio, rejected_ratio, beta)
+    preference = PREFERENCE_LOSSES[loss](chosen_ratio, rejected_ratio, beta)
     if with_context is not None:
         preference = torch.where(with_context[:, None], preference, nll)
     sft = -chosen / output.lengths[..., 0].clamp(min=1)  # (episodes, targets) each
@@ -410,6 +427,24 @@ def steerable(
         # transformers checkpoints each block's forward, not its call: the FiLM hooks run once,
         # outside the recomputed part, with the z of the forward pass.
         lm.activation_checkpointing_enable()
+    encoder = starting_encoder(config, feature_dim)
+    targets = config.lora_targets
+    lora = LoraSettings(
+        config.lora_rank,
+        config.lora_alpha,
+        config.lora_dropout,
+        targets if isinstance(targets, str) else tuple(targets),
+    )
+    policy = SteerablePolicy(lm, encoder, config.latent_dim, lora, config.latent_scale or 1.0)
+    if not use_latent:
+        for p in [*policy.encoder.parameters(), *policy.film.parameters()]:
+            p.requires_grad_(False)
+    return policy
+
+
+def starting_encoder(config: PolicyConfig, feature_dim: int) -> ContextEncoder:
+    """z's context encoder before training: `config.encoder_init`'s NP-BTL encoder, or a fresh
+    one."""
     encoder = ContextEncoder(
         feature_dim,
         config.hidden_dim,
@@ -422,18 +457,32 @@ def steerable(
 
         reward = load_reward_model(config.encoder_init)  # a path or a URI
         encoder.load_state_dict(reward.context_encoder.state_dict())  # strict: dims must match
-    targets = config.lora_targets
-    lora = LoraSettings(
-        config.lora_rank,
-        config.lora_alpha,
-        config.lora_dropout,
-        targets if isinstance(targets, str) else tuple(targets),
+    return encoder
+
+
+def from_empty_context(
+    encoder: ContextEncoder, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """μ(C) − μ(∅): the mean of q(z | context) measured from the empty context's, (batch, m,
+    dim) ×2 and mask (batch, m) → (batch, latent)."""
+    # The empty context rides along as one more row of the same call: under ZeRO-3 the
+    # encoder's parameters are gathered only inside its forward.
+    chosen, rejected, mask = (
+        torch.cat([t, t.new_zeros((1, *t.shape[1:]))]) for t in (chosen, rejected, mask)
     )
-    policy = SteerablePolicy(lm, encoder, config.latent_dim, lora)
-    if not use_latent:
-        for p in [*policy.encoder.parameters(), *policy.film.parameters()]:
-            p.requires_grad_(False)
-    return policy
+    mean = encoder(chosen, rejected, mask).mean
+    return mean[:-1] - mean[-1:]
+
+
+@torch.no_grad()
+def measure_latent_scale(
+    encoder: ContextEncoder, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor
+) -> float:
+    """The root mean square per coordinate of μ(C) − μ(∅) over users' contexts (as `latent`
+    takes them, each with some pairs): the `policy.latent_scale` that makes their z about 1 per
+    coordinate."""
+    encoder.eval()
+    return float(from_empty_context(encoder, chosen, rejected, mask).square().mean().sqrt())
 
 
 def trainable_state(policy: nn.Module) -> set[str]:

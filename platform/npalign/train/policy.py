@@ -7,6 +7,7 @@ and builds DPO batches from the episode rows Ray Data streams to it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,23 @@ import torch
 from torch import nn
 
 from npalign.config import PolicyJobConfig
-from npalign.data.episodes import episode_arrays
+from npalign.data.episodes import collate, episode_arrays, sample_episodes
 from npalign.data.preferences import PairTable
 from npalign.data.sequences import PolicyBatch, TokenizedPairs, collate_policy
 from npalign.files import Location
-from npalign.models.policy import build_policy, preference_metrics, save_policy
+from npalign.models.policy import (
+    build_policy,
+    measure_latent_scale,
+    preference_metrics,
+    save_policy,
+    starting_encoder,
+)
 from npalign.train.loop import fit_task
+
+log = logging.getLogger(__name__)
+
+# Users whose full contexts measure z's scale: its estimate's relative error is then a few %.
+SCALE_USERS = 256
 
 
 @dataclass
@@ -60,7 +72,9 @@ class PolicyTask:
         # A context-blind policy never reads the context: for it every episode is one without.
         with_context = batch.context.context_mask.any(-1) & self.use_latent
         output = model(batch, self.use_latent)
-        return preference_metrics(output, p.beta, p.sft_weight, p.loss, with_context, p.centring)
+        return preference_metrics(
+            output, p.beta, p.sft_weight, p.loss, with_context, p.centring, p.per_token
+        )
 
     def save(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
         save_policy(
@@ -85,6 +99,8 @@ def fit_policy(
     """Train one policy (NP-DPO with the latent, plain DPO without); checkpoints in
     storage/name, resumed from there when rerun. `callbacks`: Ray Train callbacks (a Tune
     sweep passes its report callback)."""
+    if use_latent:
+        job = with_latent_scale(job, data["train"][0])
     task = PolicyTask(
         job=job,
         feature_dim=data["train"][0].feature_dim,
@@ -92,3 +108,21 @@ def fit_policy(
         data={split: ray.put(data[split]) for split in ("train", "val")},
     )
     return fit_task(task, job.train, job.data.train_episodes, episodes, storage, name, callbacks)
+
+
+def with_latent_scale(job: PolicyJobConfig, pairs: PairTable) -> PolicyJobConfig:
+    """`job` with `policy.latent_scale` measured from the starting encoder on SCALE_USERS
+    training users with a full context (data.max_context pairs), unless it is set or no
+    episode has context (z is then always 0). The same seed and encoder measure the same scale
+    again when a fit resumes."""
+    p, d = job.policy, job.data
+    if p.latent_scale is not None or d.max_context == 0:
+        return job
+    users = sample_episodes(
+        pairs, SCALE_USERS, d.max_context, d.max_context, d.num_targets, job.train.seed
+    )
+    c = collate(episode_arrays(users, ("context", "target")), pairs)
+    encoder = starting_encoder(p, pairs.feature_dim)
+    scale = measure_latent_scale(encoder, c.context_chosen, c.context_rejected, c.context_mask)
+    log.info("z's scale from the starting encoder: %.3g per coordinate", scale)
+    return job.model_copy(update={"policy": p.model_copy(update={"latent_scale": scale})})
