@@ -13,7 +13,7 @@ from npalign.models.policy import (
     PolicyOutput,
     SteerablePolicy,
     apo_zero_loss,
-    dpo_loss,
+    log_ratios,
     preference_metrics,
     sequence_logprobs,
     sigmoid_loss,
@@ -144,12 +144,16 @@ def test_sequence_logprob_sums_response_tokens_only():
 
 
 def test_dpo_loss_by_hand():
-    chosen, rejected = torch.tensor([-10.0]), torch.tensor([-12.0])
-    ref_chosen, ref_rejected = torch.tensor([-11.0]), torch.tensor([-11.5])
-    loss, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.05)
-    expected_margin = 0.05 * ((-10 + 11) - (-12 + 11.5))  # 0.075
-    assert margin.item() == pytest.approx(expected_margin)
-    assert loss.item() == pytest.approx(math.log(1 + math.exp(-expected_margin)))
+    output = PolicyOutput(
+        logprobs=torch.tensor([[[-10.0, -12.0]]]),
+        reference=torch.tensor([[[-11.0, -11.5]]]),
+        lengths=torch.tensor([[[4, 6]]]),
+    )
+    chosen, rejected = log_ratios(output)
+    assert (chosen.item(), rejected.item()) == (1.0, -0.5)
+    loss = sigmoid_loss(chosen, rejected, beta=0.05)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.05 * 1.5)))
+    assert preference_metrics(output, beta=0.05)[1]["accuracy"].item() == 1.0
 
 
 def test_sft_term_adds_the_chosen_per_token_nll():
@@ -204,7 +208,7 @@ def test_per_token_ratios_gain_nothing_from_degrading_every_token():
     output = PolicyOutput(torch.tensor([[[-9.0, -21.0]]]), reference, lengths)
     loss, metrics = preference_metrics(output, 2.0, per_token=True)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(2.0 * 0.5)))
-    assert metrics["accuracy"].item() == 0.0  # the summed margin, −1 − 3, as evaluation reads it
+    assert metrics["accuracy"].item() == 0.0
 
 
 def test_an_unknown_preference_loss_is_refused_with_the_registered_ones():
@@ -456,7 +460,7 @@ def test_cached_reference_logprobs_change_no_score(policy_and_base):
     )
     episodes = sample_episodes(pairs, 10, 0, 3, 2, seed=0)
     references: dict[int, torch.Tensor] = {}
-    args = (policy, True, 0.05, pairs, tokens, episodes)
+    args = (policy, True, False, pairs, tokens, episodes)
     fresh = implicit_reward_accuracy(*args, references, batch_size=3)
     assert references  # filled on the first pass
     cached = implicit_reward_accuracy(*args, references, batch_size=3)

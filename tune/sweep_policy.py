@@ -11,7 +11,7 @@ field by dotted key, each dimension one of grid / choice / uniform / loguniform 
 
   space:
     policy.latent_dim: {grid: [16, 64]}
-    policy.beta: {choice: [0.05, 0.1]}
+    policy.beta: {choice: [2.0, 4.0]}
     policy.latent_lr: {loguniform: [3.0e-4, 3.0e-3]}
     train.zero_stage: {grid: [2, 3]}
 

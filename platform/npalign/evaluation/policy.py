@@ -1,8 +1,9 @@
 """A policy's implicit-reward accuracy vs context size, on targets never in the context.
 
-DPO's implicit reward of a response is β · (log π(y | x, z) − log π_ref(y | x)); a target pair
-counts as right when the chosen response's is higher. Scored on the same users and targets at
-every context size (`evaluate_by_context`).
+DPO's implicit reward of a response is β · (log π(y | x, z) − log π_ref(y | x)), the log-ratio
+summed over the response's tokens, or averaged over them for a policy trained so
+(`policy.per_token`); a target pair counts as right when the chosen response's is higher.
+Scored on the same users and targets at every context size (`evaluate_by_context`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from npalign.data.preferences import PairTable
 from npalign.data.sequences import TokenizedPairs, collate_policy
 from npalign.evaluation.accuracy import evaluate_by_context
 from npalign.files import Location
-from npalign.models.policy import available_device, device_of, dpo_loss, load_policy
+from npalign.models.policy import available_device, device_of, load_policy, log_ratios
 
 
 @torch.no_grad()
 def implicit_reward_accuracy(
     policy,
     use_latent: bool,
-    beta: float,
+    per_token: bool,
     pairs: PairTable,
     tokens: TokenizedPairs,
     episodes: pa.Table,
@@ -49,8 +50,8 @@ def implicit_reward_accuracy(
         output = policy(batch, use_latent, known)
         for t, reference in zip(targets, output.reference.reshape(-1, 2), strict=True):
             references[t] = reference
-        _, margin = dpo_loss(*output.logprobs.unbind(-1), *output.reference.unbind(-1), beta)
-        out.append((margin > 0).float().cpu().numpy() * 100)  # (batch, targets)
+        chosen, rejected = log_ratios(output, per_token)
+        out.append((chosen > rejected).float().cpu().numpy() * 100)  # (batch, targets)
     return np.concatenate(out)
 
 
@@ -60,7 +61,7 @@ def evaluate_policy(
     tokens: TokenizedPairs,
     settings: EvalConfig,
     num_targets: int,
-    beta: float,
+    per_token: bool,
 ) -> dict:
     """Implicit-reward accuracy by context size on episodes drawn from `pairs` (one split), on
     this process's GPU when it has one."""
@@ -68,7 +69,7 @@ def evaluate_policy(
     references: dict[int, torch.Tensor] = {}
     return evaluate_by_context(
         lambda episodes: implicit_reward_accuracy(
-            loaded.policy, loaded.use_latent, beta, pairs, tokens, episodes, references
+            loaded.policy, loaded.use_latent, per_token, pairs, tokens, episodes, references
         ),
         pairs,
         settings,

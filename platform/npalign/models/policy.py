@@ -247,19 +247,6 @@ def sequence_logprobs(
     return (token_logprobs * response_mask[:, 1:].to(token_logprobs.dtype)).sum(-1)
 
 
-def dpo_loss(
-    chosen: torch.Tensor,
-    rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    beta: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """−log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]) per pair, and the
-    implicit-reward margin (> 0 when the policy ranks the pair right). All inputs (pairs,)."""
-    chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
-    return sigmoid_loss(chosen_ratio, rejected_ratio, beta), beta * (chosen_ratio - rejected_ratio)
-
-
 @PREFERENCE_LOSSES.register("sigmoid")
 def sigmoid_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float):
     """DPO: −log σ(β (r_w − r_l)), r = log π(y) − log π_ref(y). Only the gap counts: it can open
@@ -277,6 +264,17 @@ def apo_zero_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta
     return 1 - torch.sigmoid(beta * chosen_ratio) + torch.sigmoid(beta * rejected_ratio)
 
 
+def log_ratios(output: PolicyOutput, per_token: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The implicit rewards' log π(y | x, z) − log π_ref(y | x) of the chosen and the rejected
+    answers, (episodes, targets) each: summed over each response's tokens (DPO), or averaged
+    over them with `per_token` (SimPO's length normalisation)."""
+    chosen, rejected = (output.logprobs - output.reference).unbind(-1)
+    if not per_token:
+        return chosen, rejected
+    lengths = output.lengths.clamp(min=1)
+    return chosen / lengths[..., 0], rejected / lengths[..., 1]
+
+
 def preference_metrics(
     output: PolicyOutput,
     beta: float,
@@ -287,12 +285,12 @@ def preference_metrics(
     per_token: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """Mean training loss and per-episode metrics: nll (the DPO loss on the log-ratios the loss
-    reads), sft_nll and the implicit-reward accuracy (share of target pairs whose summed margin
-    is positive, as evaluation scores it). The loss is the registered preference `loss` on
-    episodes `with_context` (episodes,) bool, None: all, and DPO on the others, + sft_weight ·
-    the chosen response's per-token NLL, + centring · `latent_offcentre` of the latents of the
-    episodes with context. `per_token`: the log-ratios are averaged over each response's tokens
-    instead of summed (β is then per token).
+    reads), sft_nll and the implicit-reward accuracy (share of target pairs whose chosen answer
+    has the higher of those log-ratios, as evaluation scores it). The loss is the registered
+    preference `loss` on episodes `with_context` (episodes,) bool, None: all, and DPO on the
+    others, + sft_weight · the chosen response's per-token NLL, + centring · `latent_offcentre`
+    of the latents of the episodes with context. `per_token`: see `log_ratios` (β is then per
+    token).
 
     With no context (or a context-blind policy) two users who dispute a pair ask for opposite
     things from one policy, and the pooled answer is no preference: DPO's two losses pull the
@@ -303,16 +301,8 @@ def preference_metrics(
     can then serve users who prefer short answers by degrading its text for every user whose z
     is far from 0, users who prefer long ones included. Averaged per token, degrading every
     token alike moves both ratios equally and the preference loss gains nothing from it."""
-    chosen, rejected = output.logprobs.unbind(-1)
-    ref_chosen, ref_rejected = output.reference.unbind(-1)
-    chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
-    margin = chosen_ratio - rejected_ratio  # the implicit reward's sign, as evaluation reads it
-    if per_token:
-        lengths = output.lengths.clamp(min=1)
-        chosen_ratio, rejected_ratio = (
-            chosen_ratio / lengths[..., 0],
-            rejected_ratio / lengths[..., 1],
-        )
+    chosen = output.logprobs[..., 0]
+    chosen_ratio, rejected_ratio = log_ratios(output, per_token)
     nll = sigmoid_loss(chosen_ratio, rejected_ratio, beta)
     preference = PREFERENCE_LOSSES[loss](chosen_ratio, rejected_ratio, beta)
     if with_context is not None:
@@ -321,7 +311,7 @@ def preference_metrics(
     metrics = {
         "nll": nll.mean(1),
         "sft_nll": sft.mean(1),
-        "accuracy": (margin > 0).float().mean(1),
+        "accuracy": (chosen_ratio > rejected_ratio).float().mean(1),
     }
     total = (preference + sft_weight * sft).mean()
     if centring and output.latent is not None:
