@@ -207,13 +207,14 @@ def plot_accuracy(
 
 
 def save_plot(fig, ax, path: str | Path | Location) -> None:
-    """Grid and legend on `ax` (one axes or several), layout, then the PNG written atomically;
-    the figure is closed."""
+    """Grid and legend (where something is labelled) on `ax` (one axes or several), layout, then
+    the PNG written atomically; the figure is closed."""
     import matplotlib.pyplot as plt
 
     for each in np.ravel(ax):
         each.grid(alpha=0.3)
-        each.legend()
+        if each.get_legend_handles_labels()[0]:
+            each.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
