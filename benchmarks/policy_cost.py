@@ -3,7 +3,8 @@
 - One training step: the policy task's loss inside a DeepSpeed ZeRO-2 engine (one process; on
   a GPU with nccl and bf16, as training runs there) vs TRL's DPOTrainer with the same LoRA,
   model, pairs, lengths, β, SFT weight and lr, each in its own fresh process (median step time,
-  tokens/s, peak RSS and, on a GPU, peak GPU memory).
+  tokens/s, peak RSS and, on a GPU, peak GPU memory). TRL sums the log-ratios, so with the
+  configuration's per-token β its loss differs from ours; a step's cost does not.
 - Conditioned generation (z from context embeddings + FiLM + LoRA) vs plain HF `generate` of
   the base model: same prompts, same number of new tokens, greedy.
 
@@ -234,8 +235,9 @@ def generation_latency(
     from npalign.pretrained import model_path
 
     policy, tokenizer = build_policy(job.policy, pairs.feature_dim, use_latent=True)
+    p = job.policy
     loaded = PolicyCheckpoint(
-        policy.eval(), tokenizer, True, job.data.embed, pairs.feature_dim, job.policy.decoding
+        policy.eval(), tokenizer, True, job.data.embed, pairs.feature_dim, p.decoding, p.per_token
     )
     base = AutoModelForCausalLM.from_pretrained(model_path(job.policy.base), dtype=torch.float32)
     if job.policy.num_layers:

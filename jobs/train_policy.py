@@ -9,7 +9,7 @@ any name or path) with LoRA and a FiLM layer after every block, conditioned on z
 context pairs; DPO against the same network with LoRA and FiLM off. With `policy.encoder_job`
 (configs/steer_policy.yaml names configs/steer_encoder.yaml) an NP-BTL is trained on the same
 pairs first and starts z's encoder. Overrides, e.g.:
-  models=[npdpo,dpo,oracle] policy.beta=0.1 policy.num_layers=4 train.zero_stage=3
+  models=[npdpo,dpo,oracle] policy.beta=2 policy.num_layers=4 train.zero_stage=3
   policy.encoder_init=RUN/checkpoints/npbtl/checkpoint_...   (an NP-BTL trained before)
 `models` holds registered policies and `oracle` (one DPO per user type); `data.source` a
 registered source of text preference tables (both listed at the end).

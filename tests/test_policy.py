@@ -621,38 +621,52 @@ def test_the_1p5b_config_builds_on_the_meta_device_and_its_zero3_shards_fit_8_gp
     assert per_gpu_gb < 1.5
 
 
-def test_latent_scale_puts_full_context_users_at_one_per_coordinate():
+def test_latent_scale_puts_full_context_users_at_one_per_coordinate(tmp_path):
     from test_preferences import small_table
 
-    from npalign.config import PolicyJobConfig
+    from npalign.config import ModelConfig, PolicyJobConfig
     from npalign.data.episodes import collate, episode_arrays, sample_episodes
+    from npalign.models.policy import starting_encoder
+    from npalign.models.reward import build_reward_model, save_reward_model
     from npalign.train.policy import SCALE_USERS, with_latent_scale
 
     pairs = small_table(rows=200, dim=16)
-    job = PolicyJobConfig.model_validate(
-        {
-            "data": {"source": "steer", "max_context": 10},
-            "policy": {"hidden_dim": 32, "latent_dim": LATENT},
-        }
-    )
-    torch.manual_seed(0)  # the fresh encoder that with_latent_scale builds (no encoder_init)
-    scale = with_latent_scale(job, pairs).policy.latent_scale
+    model = ModelConfig(hidden_dim=32, latent_dim=LATENT)
     torch.manual_seed(0)
-    encoder = ContextEncoder(16, 32, LATENT)
+    save_reward_model(
+        tmp_path / "npbtl", "npbtl", model, 16, build_reward_model("npbtl", model, 16).state_dict()
+    )
+    tree = {
+        "data": {"source": "steer", "max_context": 10},
+        "policy": {"hidden_dim": 32, "latent_dim": LATENT, "encoder_init": str(tmp_path / "npbtl")},
+    }
+    job = PolicyJobConfig.model_validate(tree)
+    scale = with_latent_scale(job, pairs).policy.latent_scale
     users = sample_episodes(pairs, SCALE_USERS, 10, 10, job.data.num_targets, job.train.seed)
     c = collate(episode_arrays(users, ("context", "target")), pairs)
+    encoder = starting_encoder(job.policy, 16)
     policy = SteerablePolicy(tiny_lm(), encoder, LATENT, latent_scale=scale)
     with torch.no_grad():
         z = policy.latent(c.context_chosen, c.context_rejected, c.context_mask)
-    assert scale != pytest.approx(1.0, abs=0.1)  # a random encoder's own scale is not 1
+    assert scale != pytest.approx(1.0, abs=0.1)  # the encoder's own scale is not 1
     assert z.square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
     empty = torch.zeros(1, 10, dtype=torch.bool)
     assert torch.equal(
         policy.latent(c.context_chosen[:1], c.context_rejected[:1], empty),
         z[:0].new_zeros(1, LATENT),
     )
-    # set by hand, or with no context to read, the scale is left as it is
+    # set by hand, with a fresh encoder, or with no context to read, the scale is left as it is
     fixed = job.model_copy(update={"policy": job.policy.model_copy(update={"latent_scale": 2.0})})
     assert with_latent_scale(fixed, pairs).policy.latent_scale == 2.0
+    fresh = job.model_copy(update={"policy": job.policy.model_copy(update={"encoder_init": None})})
+    assert with_latent_scale(fresh, pairs).policy.latent_scale is None
     blind = job.model_copy(update={"data": job.data.model_copy(update={"max_context": 0})})
     assert with_latent_scale(blind, pairs).policy.latent_scale is None
+    # an encoder that gives every user one latent is refused, naming it
+    flat = build_reward_model("npbtl", model, 16)
+    for weight in flat.context_encoder.parameters():
+        weight.data.zero_()
+    save_reward_model(tmp_path / "flat", "npbtl", model, 16, flat.state_dict())
+    tree["policy"]["encoder_init"] = str(tmp_path / "flat")
+    with pytest.raises(ValueError, match="flat: its encoder gives every user the same latent"):
+        with_latent_scale(PolicyJobConfig.model_validate(tree), pairs)

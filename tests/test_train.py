@@ -325,6 +325,9 @@ def test_policy_trains_with_zero2_and_its_preference_loss_falls(ray_cluster, tmp
     saved = yaml.safe_load((run.folder / "config.yaml").read_text())
     assert saved["policy"]["encoder_init"] == encoder
     npdpo = run.results["npdpo"]
+    # z's scale was measured from that encoder and saved with the policy
+    spec = json.loads((Path(npdpo["checkpoint"]) / "policy.json").read_text())
+    assert spec["policy"]["latent_scale"] > 0
     states = [
         json.loads((c / "train_state.json").read_text())
         for c in sorted(Path(npdpo["checkpoint"]).parent.glob("checkpoint_*"))

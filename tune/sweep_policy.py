@@ -1,4 +1,4 @@
-"""Sweep the steerable policy (NP-DPO or pooled DPO) with Ray Tune: ASHA on validation DPO loss.
+"""Sweep the steerable policy (NP-DPO or pooled DPO) with Ray Tune: ASHA on the sweep's `metric`.
 
   python tune/sweep_policy.py --config configs/sweep_policy.yaml [key=value ...]
   python tune/sweep_policy.py --resume runs/sweep-policy-20261128-131500

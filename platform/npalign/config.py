@@ -461,9 +461,10 @@ class PolicyConfig(Strict):
         None,
         gt=0,
         description="z is divided by this before FiLM reads it; unset, training measures it "
-        "from the starting encoder: the root mean square per coordinate of μ(C) − μ(∅) over "
-        "training users with a full context, so FiLM's steps mean the same whichever encoder "
-        "it starts from (saved with the checkpoint)",
+        "from the NP-BTL encoder it starts from (policy.encoder_init or encoder_job): the root "
+        "mean square per coordinate of μ(C) − μ(∅) over training users with a full context, so "
+        "FiLM's steps mean the same whichever encoder it starts from (saved with the "
+        "checkpoint); 1 for a fresh encoder",
     )
     # At identity initialisation FiLM's and the encoder's gradients start tiny: a higher rate.
     latent_lr: float = Field(1e-3, gt=0, description="learning rate of the encoder and FiLM")
@@ -480,8 +481,8 @@ class PolicyConfig(Strict):
         description="the preference loss reads each response's log-ratio log π − log π_ref "
         "averaged over its tokens (SimPO's length normalisation) instead of summed: making "
         "every token less likely then favours neither the shorter answer nor the longer; β is "
-        "then per token (for 40-token answers about 40 times a summed β); evaluation's "
-        "implicit reward stays summed",
+        "then per token (for 40-token answers about 40 times a summed β), and evaluation "
+        "averages the implicit reward the same way",
     )
     sft_weight: float = Field(
         0.0,

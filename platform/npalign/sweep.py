@@ -309,7 +309,7 @@ def _short(value) -> str:
 
 def format_trials(rows: list[dict[str, Any]], sweep: SweepConfig) -> str:
     accuracy = [f"val_acc_m{m}" for m in sweep.eval.context_sizes]
-    columns = ["trial", *sweep.space, "status", "epochs", "val_nll", *accuracy]
+    columns = ["trial", *sweep.space, "status", "epochs", sweep.metric, *accuracy]
     table = [[_short(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]

@@ -61,7 +61,6 @@ def evaluate_policy(
     tokens: TokenizedPairs,
     settings: EvalConfig,
     num_targets: int,
-    per_token: bool,
 ) -> dict:
     """Implicit-reward accuracy by context size on episodes drawn from `pairs` (one split), on
     this process's GPU when it has one."""
@@ -69,7 +68,7 @@ def evaluate_policy(
     references: dict[int, torch.Tensor] = {}
     return evaluate_by_context(
         lambda episodes: implicit_reward_accuracy(
-            loaded.policy, loaded.use_latent, per_token, pairs, tokens, episodes, references
+            loaded.policy, loaded.use_latent, loaded.per_token, pairs, tokens, episodes, references
         ),
         pairs,
         settings,

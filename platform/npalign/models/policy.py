@@ -19,7 +19,7 @@ sequence log-probs summed over the response tokens only; an optional term `sft_w
 NLL(chosen)` per token (TRL's `sft` loss type) keeps the conditioned policy writing text: pure
 DPO can raise the margin by making *both* responses unlikely, which for a user who wants short
 answers ends in word salad. With `policy.per_token` the loss reads log-ratios averaged over each
-response's tokens instead (`preference_metrics`); evaluation's implicit reward stays summed.
+response's tokens instead (`preference_metrics`), and evaluation's implicit reward with it.
 """
 
 from __future__ import annotations
@@ -425,7 +425,8 @@ def steerable(
         config.lora_dropout,
         targets if isinstance(targets, str) else tuple(targets),
     )
-    policy = SteerablePolicy(lm, encoder, config.latent_dim, lora, config.latent_scale or 1.0)
+    scale = 1.0 if config.latent_scale is None else config.latent_scale
+    policy = SteerablePolicy(lm, encoder, config.latent_dim, lora, scale)
     if not use_latent:
         for p in [*policy.encoder.parameters(), *policy.film.parameters()]:
             p.requires_grad_(False)
@@ -482,7 +483,8 @@ def trainable_state(policy: nn.Module) -> set[str]:
 @dataclass
 class PolicyCheckpoint:
     """What `load_policy` returns: the network, its tokenizer, whether it is conditioned on z,
-    and the encoder setting that embeds a user's context pairs (the one it was trained with)."""
+    the encoder setting that embeds a user's context pairs (the one it was trained with), its
+    decoding and whether its log-ratios were averaged per token in training."""
 
     policy: SteerablePolicy
     tokenizer: object
@@ -490,6 +492,7 @@ class PolicyCheckpoint:
     embed: EmbedConfig
     feature_dim: int
     decoding: DecodingConfig
+    per_token: bool
 
     @property
     def device(self) -> torch.device:
@@ -561,4 +564,5 @@ def load_policy(
         EmbedConfig.model_validate(spec["embed"]),
         spec["feature_dim"],
         config.decoding,
+        config.per_token,
     )

@@ -70,7 +70,7 @@ def evaluate(
         num_cpus=cpus, num_gpus=int(uses_gpu(job.train)), resources=job.train.worker_resources
     )
     args = (splits.pairs[split], splits.tokens[split], settings, job.data.num_targets)
-    return ray.get(task.remote(max(1, round(cpus)), checkpoint, *args, job.policy.per_token))
+    return ray.get(task.remote(max(1, round(cpus)), checkpoint, *args))
 
 
 def evaluate_in_task(threads: int, *args) -> dict:

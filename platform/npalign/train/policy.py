@@ -8,6 +8,7 @@ and builds DPO batches from the episode rows Ray Data streams to it.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,13 @@ def fit_policy(
 
 
 def with_latent_scale(job: PolicyJobConfig, pairs: PairTable) -> PolicyJobConfig:
-    """`job` with `policy.latent_scale` measured from the starting encoder on SCALE_USERS
-    training users with a full context (data.max_context pairs), unless it is set or no
-    episode has context (z is then always 0). The same seed and encoder measure the same scale
-    again when a fit resumes."""
+    """`job` with `policy.latent_scale` measured from the NP-BTL encoder it starts from
+    (`policy.encoder_init`) on SCALE_USERS training users with a full context (data.max_context
+    pairs), unless the scale is set, the encoder starts fresh (its scale says nothing of the
+    trained one's: z is then left as it is) or no episode has context (z is always 0). The same
+    seed and encoder measure the same scale again when a fit resumes."""
     p, d = job.policy, job.data
-    if p.latent_scale is not None or d.max_context == 0:
+    if p.latent_scale is not None or not p.encoder_init or d.max_context == 0:
         return job
     users = sample_episodes(
         pairs, SCALE_USERS, d.max_context, d.max_context, d.num_targets, job.train.seed
@@ -124,5 +126,10 @@ def with_latent_scale(job: PolicyJobConfig, pairs: PairTable) -> PolicyJobConfig
     c = collate(episode_arrays(users, ("context", "target")), pairs)
     encoder = starting_encoder(p, pairs.feature_dim)
     scale = measure_latent_scale(encoder, c.context_chosen, c.context_rejected, c.context_mask)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(
+            f"{p.encoder_init}: its encoder gives every user the same latent (scale {scale}), "
+            "so z cannot tell users apart: train it longer or set policy.latent_scale"
+        )
     log.info("z's scale from the starting encoder: %.3g per coordinate", scale)
     return job.model_copy(update={"policy": p.model_copy(update={"latent_scale": scale})})
