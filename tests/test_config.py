@@ -149,26 +149,3 @@ def test_worker_resources_are_custom_ones_in_amounts_ray_takes():
     for bad in ({"GPU": 1}, {"CPU": 2}, {"node": 0}, {"node": 1.5}):
         with pytest.raises(ValueError, match="worker_resources"):
             TrainConfig(worker_resources=bad)
-
-
-def test_centring_needs_two_users_in_a_micro_batch():
-    from npalign.config import PolicyJobConfig
-
-    args = ["train.batch_size=4", "train.num_workers=2"]
-    assert load_config(None, [*args, "policy.centring=1"], PolicyJobConfig).policy.centring == 1
-    one_each = [*args, "train.gradient_accumulation_steps=2", "policy.centring=1"]
-    with pytest.raises(ConfigError, match="a micro-batch holds 1 episode"):
-        load_config(None, one_each, PolicyJobConfig)
-    assert load_config(None, [*one_each[:-1], "policy.centring=0"], PolicyJobConfig)
-
-
-def test_centring_needs_whole_groups_of_paired_users_in_a_micro_batch():
-    from npalign.config import PolicyJobConfig
-
-    three = "[{name: a, attribute: length, prefers: lower}, {name: b, attribute: length, "
-    three += "prefers: higher}, {name: c, attribute: formality, prefers: higher}]"
-    args = ["data.source=steer", f"data.steer.types={three}", "data.paired_targets=true"]
-    args += ["train.num_workers=2", "policy.centring=1"]
-    with pytest.raises(ConfigError, match="groups of 3 .* holds 2 episodes .* multiple of 6"):
-        load_config(None, [*args, "train.batch_size=4"], PolicyJobConfig)
-    assert load_config(None, [*args, "train.batch_size=6"], PolicyJobConfig).train.batch_size == 6

@@ -231,35 +231,6 @@ def test_episodes_without_context_train_dpo_whatever_the_loss():
     torch.testing.assert_close(mixed[0], expected)
 
 
-def test_centring_pulls_users_latents_around_zero_and_only_those_with_context():
-    from npalign.models.policy import latent_offcentre
-
-    # Opposites sit around z = 0; orthogonal users score 1; two on one side up to 2.
-    assert latent_offcentre(torch.tensor([[1.0, 2.0], [-1.0, -2.0]])).item() == 0.0
-    assert latent_offcentre(torch.tensor([[3.0, 0.0], [0.0, 3.0]])).item() == pytest.approx(1.0)
-    assert latent_offcentre(torch.tensor([[1.0, 0.0], [2.0, 0.0]])).item() == pytest.approx(1.8)
-    # Scale-free when every latent scales together.
-    z = torch.tensor([[1.0, 0.5], [0.2, 1.0]])
-    torch.testing.assert_close(latent_offcentre(3 * z), latent_offcentre(z))
-    assert latent_offcentre(z[:1]).item() == 0.0  # one user has no centre to be off
-
-    # Three episodes: the first two read contexts (z on one side), the third none (z = 0).
-    logprobs = torch.tensor([[[-10.0, -12.0]], [[-9.0, -8.0]], [[-7.0, -7.5]]])
-    reference = torch.full_like(logprobs, -10.0)
-    latent = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 0.0]], requires_grad=True)
-    output = PolicyOutput(logprobs, reference, torch.full(logprobs.shape, 5), latent)
-    with_context = torch.tensor([True, True, False])
-    plain, _ = preference_metrics(output, 0.5, loss="apo_zero", with_context=with_context)
-    loss, metrics = preference_metrics(
-        output, 0.5, loss="apo_zero", with_context=with_context, centring=0.25
-    )
-    assert (loss - plain).item() == pytest.approx(0.25 * 1.8)
-    assert metrics["offcentre"].tolist() == pytest.approx([1.8] * 3)
-    loss.backward()
-    assert latent.grad[2].abs().sum().item() == 0.0  # the empty context's z is not pulled
-    assert latent.grad[:2].abs().sum().item() > 0
-
-
 def test_left_padding_and_kept_logits_change_nothing(policy_and_base):
     policy, _, ids, _ = policy_and_base
     perturb(policy)
@@ -341,7 +312,12 @@ def smol_checkpoint_folder(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("policy")
     config = PolicyConfig(
-        num_layers=1, lora_rank=4, hidden_dim=16, latent_dim=LATENT, latent_scale=2.5
+        num_layers=1,
+        lora_rank=4,
+        hidden_dim=16,
+        latent_dim=LATENT,
+        latent_scale=2.5,
+        latent_centre=[0.25] * LATENT,
     )
     policy, _ = build_policy(config, feature_dim=384)
     perturb(policy)
@@ -513,6 +489,7 @@ def test_the_export_loads_with_plain_transformers_and_peft(tmp_path, smol_checkp
         if name.startswith(("film.", "encoder.")):
             torch.testing.assert_close(saved[name], tensor)
     assert steering["latent_scale"] == policy.latent_scale == 2.5  # saved, loaded, exported
+    assert steering["latent_centre"] == policy.latent_centre.tolist() == [0.25] * LATENT
     card = (out / "README.md").read_text()
     assert "LoRA rank 4" in card
     # the checkpoint's default guards
@@ -621,14 +598,14 @@ def test_the_1p5b_config_builds_on_the_meta_device_and_its_zero3_shards_fit_8_gp
     assert per_gpu_gb < 1.5
 
 
-def test_latent_scale_puts_full_context_users_at_one_per_coordinate(tmp_path):
+def test_latent_frame_puts_full_context_users_around_zero_at_one_in_norm(tmp_path):
     from test_preferences import small_table
 
     from npalign.config import ModelConfig, PolicyJobConfig
     from npalign.data.episodes import collate, episode_arrays, sample_episodes
     from npalign.models.policy import starting_encoder
     from npalign.models.reward import build_reward_model, save_reward_model
-    from npalign.train.policy import SCALE_USERS, with_latent_scale
+    from npalign.train.policy import SCALE_USERS, with_latent_frame
 
     pairs = small_table(rows=200, dim=16)
     model = ModelConfig(hidden_dim=32, latent_dim=LATENT)
@@ -641,15 +618,21 @@ def test_latent_scale_puts_full_context_users_at_one_per_coordinate(tmp_path):
         "policy": {"hidden_dim": 32, "latent_dim": LATENT, "encoder_init": str(tmp_path / "npbtl")},
     }
     job = PolicyJobConfig.model_validate(tree)
-    scale = with_latent_scale(job, pairs).policy.latent_scale
+    measured = with_latent_frame(job, pairs).policy
+    scale, centre = measured.latent_scale, torch.tensor(measured.latent_centre)
     users = sample_episodes(pairs, SCALE_USERS, 10, 10, job.data.num_targets, job.train.seed)
     c = collate(episode_arrays(users, ("context", "target")), pairs)
     encoder = starting_encoder(job.policy, 16)
-    policy = SteerablePolicy(tiny_lm(), encoder, LATENT, latent_scale=scale)
+    policy = SteerablePolicy(tiny_lm(), encoder, LATENT, latent_scale=scale, latent_centre=centre)
     with torch.no_grad():
         z = policy.latent(c.context_chosen, c.context_rejected, c.context_mask)
+        # the centre is the users' mean, not the empty context's latent
+        no_pairs = torch.zeros_like(c.context_mask[:1])
+        empty_mean = encoder(c.context_chosen[:1], c.context_rejected[:1], no_pairs).mean[0]
     assert scale != pytest.approx(1.0, abs=0.1)  # the encoder's own scale is not 1
-    assert z.square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+    assert z.square().sum(-1).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+    assert z.mean(0).abs().max().item() < 1e-5
+    assert (empty_mean - centre).norm() > 0.1 * scale
     empty = torch.zeros(1, 10, dtype=torch.bool)
     assert torch.equal(
         policy.latent(c.context_chosen[:1], c.context_rejected[:1], empty),
@@ -657,11 +640,12 @@ def test_latent_scale_puts_full_context_users_at_one_per_coordinate(tmp_path):
     )
     # set by hand, with a fresh encoder, or with no context to read, the scale is left as it is
     fixed = job.model_copy(update={"policy": job.policy.model_copy(update={"latent_scale": 2.0})})
-    assert with_latent_scale(fixed, pairs).policy.latent_scale == 2.0
+    assert with_latent_frame(fixed, pairs).policy.latent_scale == 2.0
     fresh = job.model_copy(update={"policy": job.policy.model_copy(update={"encoder_init": None})})
-    assert with_latent_scale(fresh, pairs).policy.latent_scale is None
     blind = job.model_copy(update={"data": job.data.model_copy(update={"max_context": 0})})
-    assert with_latent_scale(blind, pairs).policy.latent_scale is None
+    for unmeasured in (fresh, blind):
+        p = with_latent_frame(unmeasured, pairs).policy
+        assert p.latent_scale is None and p.latent_centre is None
     # an encoder that gives every user one latent is refused, naming it
     flat = build_reward_model("npbtl", model, 16)
     for weight in flat.context_encoder.parameters():
@@ -669,4 +653,21 @@ def test_latent_scale_puts_full_context_users_at_one_per_coordinate(tmp_path):
     save_reward_model(tmp_path / "flat", "npbtl", model, 16, flat.state_dict())
     tree["policy"]["encoder_init"] = str(tmp_path / "flat")
     with pytest.raises(ValueError, match="flat: its encoder gives every user the same latent"):
-        with_latent_scale(PolicyJobConfig.model_validate(tree), pairs)
+        with_latent_frame(PolicyJobConfig.model_validate(tree), pairs)
+
+
+def test_encoder_lr_0_keeps_the_encoder_and_trains_film_and_lora_at_their_rates():
+    from npalign.config import PolicyJobConfig
+    from npalign.train.policy import PolicyTask
+
+    policy = SteerablePolicy(tiny_lm(), ContextEncoder(16, 32, LATENT), LATENT)
+    rates = {"latent_lr": 1e-3, "encoder_lr": 0.0}
+    job = PolicyJobConfig.model_validate({"policy": rates})
+    groups = PolicyTask(job, 16, True, {}).param_groups(policy, 1e-4)
+    by_name = {id(p): n for n, p in policy.named_parameters()}
+    names = {g["lr"]: {by_name[id(p)].split(".")[0] for p in g["params"]} for g in groups}
+    assert names == {1e-4: {"lm"}, 0.0: {"encoder"}, 1e-3: {"film"}}
+    # unset, the encoder trains with FiLM
+    job = PolicyJobConfig.model_validate({"policy": {"latent_lr": 1e-3}})
+    groups = PolicyTask(job, 16, True, {}).param_groups(policy, 1e-4)
+    assert sorted(g["lr"] for g in groups) == [1e-4, 1e-3, 1e-3]

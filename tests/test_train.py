@@ -303,7 +303,6 @@ def test_policy_trains_with_zero2_and_its_preference_loss_falls(ray_cluster, tmp
             # Cut to 2 blocks, the LM moves its per-token log-probs by nats within an epoch: at
             # the configuration's β 4 per token both APO-zero terms saturate, the loss sits at 1.
             "policy.beta=1",
-            "policy.centring=0",  # (centring needs 2 episodes a micro-batch; these have 1)
             "models=[npdpo]",
             "train.epochs=2",
             "train.lr=3e-4",
@@ -325,9 +324,10 @@ def test_policy_trains_with_zero2_and_its_preference_loss_falls(ray_cluster, tmp
     saved = yaml.safe_load((run.folder / "config.yaml").read_text())
     assert saved["policy"]["encoder_init"] == encoder
     npdpo = run.results["npdpo"]
-    # z's scale was measured from that encoder and saved with the policy
+    # z's frame was measured from that encoder and saved with the policy
     spec = json.loads((Path(npdpo["checkpoint"]) / "policy.json").read_text())
     assert spec["policy"]["latent_scale"] > 0
+    assert len(spec["policy"]["latent_centre"]) == job.policy.latent_dim
     states = [
         json.loads((c / "train_state.json").read_text())
         for c in sorted(Path(npdpo["checkpoint"]).parent.glob("checkpoint_*"))

@@ -462,12 +462,28 @@ class PolicyConfig(Strict):
         gt=0,
         description="z is divided by this before FiLM reads it; unset, training measures it "
         "from the NP-BTL encoder it starts from (policy.encoder_init or encoder_job): the root "
-        "mean square per coordinate of μ(C) − μ(∅) over training users with a full context, so "
-        "FiLM's steps mean the same whichever encoder it starts from (saved with the "
-        "checkpoint); 1 for a fresh encoder",
+        "mean square distance of μ(C) from latent_centre over training users with a full "
+        "context, so their z is about 1 in norm and FiLM's steps mean the same whichever encoder "
+        "it starts from (saved with the checkpoint); 1 for a fresh encoder",
+    )
+    latent_centre: list[float] | None = Field(
+        None,
+        description="the point of the encoder's latent space z is measured from, z = (μ(C) − "
+        "centre) / latent_scale, and 0 for an empty context; unset, training measures it with "
+        "latent_scale from the NP-BTL encoder it starts from: the mean μ(C) over training users "
+        "with a full context (saved with the checkpoint); for a fresh encoder z is measured from "
+        "the empty context's μ(∅)",
     )
     # At identity initialisation FiLM's and the encoder's gradients start tiny: a higher rate.
-    latent_lr: float = Field(1e-3, gt=0, description="learning rate of the encoder and FiLM")
+    latent_lr: float = Field(
+        1e-3, gt=0, description="learning rate of FiLM, and of the encoder unless encoder_lr"
+    )
+    encoder_lr: float | None = Field(
+        None,
+        ge=0,
+        description="learning rate of the context encoder; unset: latent_lr; 0 keeps the NP-BTL "
+        "encoder z starts from as it is",
+    )
     beta: float = Field(0.05, gt=0, description="β of the preference loss (DPO's β)")
     loss: str = Field(
         "sigmoid",
@@ -490,13 +506,6 @@ class PolicyConfig(Strict):
         description="weight of the chosen response's per-token NLL added to the preference loss "
         "(TRL's sft loss type): keeps conditioned generations fluent",
     )
-    centring: float = Field(
-        0.0,
-        ge=0,
-        description="weight of a term that keeps the users' latents around z = 0 (the policy "
-        "for a user nobody knows): |Σz|²/Σ|z|² over each micro-batch's users with context; "
-        "meaningful with data.paired_targets, where a micro-batch holds one user of each type",
-    )
     max_prompt_tokens: int = Field(256, gt=0, description="longer prompts keep their last tokens")
     max_response_tokens: int = Field(160, gt=0, description="longer responses are cut")
     decoding: DecodingConfig = DecodingConfig()
@@ -505,6 +514,15 @@ class PolicyConfig(Strict):
     @classmethod
     def _registered_loss(cls, name: str) -> str:
         return PREFERENCE_LOSSES.check(name)
+
+    @model_validator(mode="after")
+    def _centre_in_latent_space(self) -> PolicyConfig:
+        if self.latent_centre is not None and len(self.latent_centre) != self.latent_dim:
+            raise ValueError(
+                f"policy.latent_centre has {len(self.latent_centre)} coordinates; z has "
+                f"latent_dim {self.latent_dim}"
+            )
+        return self
 
 
 class PolicyJobConfig(Strict):
@@ -534,36 +552,6 @@ class PolicyJobConfig(Strict):
             raise ValueError(
                 f"the policy trains on text: data.source must be one of {text}, "
                 f"not {self.data.source!r}"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _centring_sees_users(self) -> PolicyJobConfig:
-        if not self.policy.centring:
-            return self
-        train, data = self.train, self.data
-        micro_batch = train.micro_batch()
-        batch = (
-            f"train.batch_size {train.batch_size} over {train.num_workers} workers x "
-            f"{train.gradient_accumulation_steps} accumulation steps"
-        )
-        if micro_batch < 2:
-            raise ValueError(
-                f"policy.centring compares the users of one micro-batch, but a micro-batch holds "
-                f"{micro_batch} episode ({batch}): raise the batch size or set policy.centring 0"
-            )
-        # Paired steer episodes come in file order in groups of one user per type. Centred,
-        # a group's latents sum to 0; two of three users seen without the third would be pushed
-        # to be opposites, which three users cannot all be pairwise. (Other sources' groups are
-        # their users, known only once the data is read; the steer task is where types mix.)
-        group = len(data.steer.types)
-        if data.source == "steer" and data.paired_targets and micro_batch % group:
-            per_micro_batch = train.num_workers * train.gradient_accumulation_steps
-            raise ValueError(
-                f"policy.centring compares the users of one micro-batch, and paired steer "
-                f"episodes come in groups of {group} (one user per type), but a micro-batch "
-                f"holds {micro_batch} episodes ({batch}): set train.batch_size to a multiple of "
-                f"{per_micro_batch * group}"
             )
         return self
 

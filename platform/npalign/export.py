@@ -41,8 +41,9 @@ tokenizer = AutoTokenizer.from_pretrained("{base_path}")
 ```
 
 `steering.safetensors` + `steering.json` hold the context encoder and FiLM:
-z = (μ(C) − μ(∅)) / s from the encoder over the user's (chosen, rejected) embeddings (s:
-`latent_scale`), then after block l h ← (1 + W_l z) ⊙ h + V_l z. Embeddings: {embed}. With
+z = (μ(C) − c) / s from the encoder over the user's (chosen, rejected) embeddings (c:
+`latent_centre`, or μ(∅) where it is null; s: `latent_scale`), 0 for no context, then after
+block l h ← (1 + W_l z) ⊙ h + V_l z. Embeddings: {embed}. With
 npalign installed, `npalign.models.policy.load_policy` on the original checkpoint does all of this.
 
 ## Decoding
@@ -131,9 +132,11 @@ def export_policy(checkpoint: Path, out: Path) -> Path:
             {
                 "film": "after transformer block l: h <- (1 + gamma_l(z)) * h + beta_l(z), "
                 "linear maps without bias (film.<l>.gamma/beta.weight, (width, latent))",
-                "latent": "z = (mu(C) - mu(empty context)) / latent_scale from the encoder "
-                "(encoder.*)",
+                "latent": "z = (mu(C) - latent_centre) / latent_scale from the encoder "
+                "(encoder.*), 0 for an empty context; without latent_centre, mu(empty context) "
+                "stands in for it",
                 "latent_scale": policy.latent_scale,
+                "latent_centre": spec["policy"]["latent_centre"],
                 "use_latent": spec["use_latent"],
                 "feature_dim": spec["feature_dim"],
                 "num_blocks": spec["num_blocks"],

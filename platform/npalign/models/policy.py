@@ -3,15 +3,19 @@ conditioned per batch row on a user's latent z from the context encoder.
 
     h_l ← γ_l(z) ⊙ h_l + β_l(z),   γ_l(z) = 1 + W_l z,   β_l(z) = V_l z     after block l
 
-z is measured from the empty context's latent, z = (μ(C) − μ(∅)) / s, and the maps have no bias, so
-FiLM is exactly the identity with no context (and at initialisation, W = V = 0): a user nobody
-knows anything about gets base + LoRA alone, the part every user's episodes train, and context
-moves the policy away from there. A bias, or an uncentred z, would be a user-blind shift, which
-is LoRA's job. LoRA itself can still lean to one user type unless training also holds episodes
-without context (`data.empty_context_share`). The scale s (`policy.latent_scale`) makes z's
-coordinates about 1 for a user with a full context, whichever encoder z comes from: under Adam
-a FiLM step moves W by about the learning rate, so W z moves with |z|, and NP-BTL encoders
-trained longer give latents twice as large.
+z is measured from the training users' mean latent, z = (μ(C) − c) / s, z = 0 with no context,
+and the maps have no bias, so FiLM is exactly the identity with no context (and at
+initialisation, W = V = 0): a user nobody knows anything about gets base + LoRA alone, the part
+every user's episodes train, and context moves the policy away from there. A bias, or an
+uncentred z, would be a user-blind shift, which is LoRA's job. LoRA itself can still lean to one
+user type unless training also holds episodes without context (`data.empty_context_share`).
+The centre c (`policy.latent_centre`) and the scale s (`policy.latent_scale`) are measured from
+the NP-BTL encoder z starts from: c the mean μ(C) over training users with a full context, s
+their root mean square distance from it, so such a user's z is about 1 in norm whichever
+encoder z comes from (under Adam a FiLM step moves W by about the learning rate, so W z moves
+with |z|, and NP-BTL encoders trained longer give latents twice as large). Measured from the
+empty context's μ(∅) instead, every user shares a "has choices" part, and users who disagree
+can sit on one side of z = 0; a fresh encoder (no NP-BTL) falls back to μ(∅) and s = 1.
 
 The reference policy π_ref of DPO is the same network with LoRA and FiLM switched off (no copy of
 the weights). The preference loss (DPO, or APO-zero where the policy reads a context) compares
@@ -84,7 +88,6 @@ class PolicyOutput:
     logprobs: torch.Tensor  # (episodes, targets, 2) log π(y | x, z), chosen then rejected
     reference: torch.Tensor  # (episodes, targets, 2) log π_ref(y | x)
     lengths: torch.Tensor  # (episodes, targets, 2) response tokens
-    latent: torch.Tensor | None = None  # (episodes, latent) z, for a policy that reads context
 
 
 class SteerablePolicy(nn.Module):
@@ -98,6 +101,7 @@ class SteerablePolicy(nn.Module):
         latent_dim: int,
         lora: LoraSettings | None = None,
         latent_scale: float = 1.0,
+        latent_centre: torch.Tensor | None = None,
     ):
         super().__init__()
         from peft import LoraConfig, get_peft_model
@@ -121,6 +125,8 @@ class SteerablePolicy(nn.Module):
         )
         self.encoder = encoder
         self.latent_scale = latent_scale
+        # Not a parameter, nor in the trained weights: the spec carries it (`policy.latent_centre`).
+        self.register_buffer("latent_centre", latent_centre, persistent=False)
         blocks = transformer_blocks(self.lm)
         width = self.lm.config.hidden_size
         self.film = nn.ModuleList(FiLM(latent_dim, width) for _ in blocks)
@@ -161,10 +167,15 @@ class SteerablePolicy(nn.Module):
     def latent(
         self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """z = (μ(C) − μ(∅)) / latent_scale from embeddings of the context pairs: (batch, m, dim)
-        ×2, mask (batch, m) → (batch, latent). An empty context gives z = 0 exactly: FiLM is the
-        identity, the policy base + LoRA."""
-        return from_empty_context(self.encoder, chosen, rejected, mask) / self.latent_scale
+        """z = (μ(C) − centre) / latent_scale from embeddings of the context pairs: (batch, m, dim)
+        ×2, mask (batch, m) → (batch, latent); the centre is `latent_centre` (the training users'
+        mean), or μ(∅) without one. An empty context gives z = 0 exactly: FiLM is the identity,
+        the policy base + LoRA."""
+        if self.latent_centre is None:
+            return from_empty_context(self.encoder, chosen, rejected, mask) / self.latent_scale
+        mean = self.encoder(chosen, rejected, mask).mean
+        z = (mean - self.latent_centre.to(mean.dtype)) / self.latent_scale
+        return torch.where(mask.any(-1, keepdim=True), z, torch.zeros_like(z))
 
     def logits(
         self,
@@ -195,7 +206,7 @@ class SteerablePolicy(nn.Module):
         `reference` (sequences,), when already known (evaluation scores the same target pairs
         at every context size), skips π_ref's forward pass."""
         context = batch.context
-        latent = z = None
+        z = None
         if use_latent:
             latent = self.latent(
                 context.context_chosen, context.context_rejected, context.context_mask
@@ -219,7 +230,6 @@ class SteerablePolicy(nn.Module):
             policy.view(episodes, -1, 2),
             reference.view(episodes, -1, 2),
             batch.response_mask.sum(-1).view(episodes, -1, 2),
-            latent,
         )
 
     def generate(
@@ -281,16 +291,14 @@ def preference_metrics(
     sft_weight: float = 0.0,
     loss: str = "sigmoid",
     with_context: torch.Tensor | None = None,
-    centring: float = 0.0,
     per_token: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """Mean training loss and per-episode metrics: nll (the DPO loss on the log-ratios the loss
     reads), sft_nll and the implicit-reward accuracy (share of target pairs whose chosen answer
     has the higher of those log-ratios, as evaluation scores it). The loss is the registered
     preference `loss` on episodes `with_context` (episodes,) bool, None: all, and DPO on the
-    others, + sft_weight · the chosen response's per-token NLL, + centring · `latent_offcentre`
-    of the latents of the episodes with context. `per_token`: see `log_ratios` (β is then per
-    token).
+    others, + sft_weight · the chosen response's per-token NLL. `per_token`: see `log_ratios`
+    (β is then per token).
 
     With no context (or a context-blind policy) two users who dispute a pair ask for opposite
     things from one policy, and the pooled answer is no preference: DPO's two losses pull the
@@ -314,30 +322,7 @@ def preference_metrics(
         "accuracy": (chosen_ratio > rejected_ratio).float().mean(1),
     }
     total = (preference + sft_weight * sft).mean()
-    if centring and output.latent is not None:
-        users = output.latent if with_context is None else output.latent[with_context]
-        offcentre = latent_offcentre(users)
-        metrics["offcentre"] = offcentre.expand(len(chosen))
-        total = total + centring * offcentre
     return total, metrics
-
-
-def latent_offcentre(z: torch.Tensor) -> torch.Tensor:
-    """|Σ z|² / Σ |z|² over users' latents (users, latent): 0 when they sit around z = 0 as
-    opposites, 1 for unrelated directions, up to the number of users when they share one.
-
-    z = 0 is where the policy answers a user nobody knows (base + LoRA, trained on the pooled
-    preference), so the users' latents should surround it. Nothing else puts them there: z is
-    measured from the empty context's encoding, and every real context shares a "has choices"
-    part, so both users of a disputed pair can sit on one side of z = 0; the policy at z = 0 is
-    then a point no user is at, which the pooled preference alone does not hold (on length it
-    drifted to answers over twice the base model's length). Scale-free overall: it pushes the
-    users towards equal and opposite z, not towards 0. With paired targets a worker's
-    micro-batch holds whole groups, one user of each type per group."""
-    if len(z) < 2:
-        return z.new_zeros((), dtype=torch.float32)
-    z = z.float()  # a ratio of sums of squares: bfloat16 would round both
-    return z.sum(0).square().sum() / z.square().sum().clamp(min=1e-8)
 
 
 # --- the registered policies -----------------------------------------------------------------
@@ -426,7 +411,8 @@ def steerable(
         targets if isinstance(targets, str) else tuple(targets),
     )
     scale = 1.0 if config.latent_scale is None else config.latent_scale
-    policy = SteerablePolicy(lm, encoder, config.latent_dim, lora, scale)
+    centre = None if config.latent_centre is None else torch.tensor(config.latent_centre)
+    policy = SteerablePolicy(lm, encoder, config.latent_dim, lora, scale, centre)
     if not use_latent:
         for p in [*policy.encoder.parameters(), *policy.film.parameters()]:
             p.requires_grad_(False)
@@ -466,14 +452,16 @@ def from_empty_context(
 
 
 @torch.no_grad()
-def measure_latent_scale(
+def measure_latent_frame(
     encoder: ContextEncoder, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor
-) -> float:
-    """The root mean square per coordinate of μ(C) − μ(∅) over users' contexts (as `latent`
-    takes them, each with some pairs): the `policy.latent_scale` that makes their z about 1 per
-    coordinate."""
+) -> tuple[list[float], float]:
+    """The users' mean μ(C) over their contexts (as `latent` takes them, each with some pairs)
+    and the root mean square distance of μ(C) from it: the `policy.latent_centre` and
+    `policy.latent_scale` that put their z around 0 at about 1 in norm."""
     encoder.eval()
-    return float(from_empty_context(encoder, chosen, rejected, mask).square().mean().sqrt())
+    mean = encoder(chosen, rejected, mask).mean
+    centre = mean.mean(0)
+    return centre.tolist(), float((mean - centre).square().sum(-1).mean().sqrt())
 
 
 def trainable_state(policy: nn.Module) -> set[str]:

@@ -26,7 +26,7 @@ from npalign.data.sequences import PolicyBatch, TokenizedPairs, collate_policy
 from npalign.files import Location
 from npalign.models.policy import (
     build_policy,
-    measure_latent_scale,
+    measure_latent_frame,
     preference_metrics,
     save_policy,
     starting_encoder,
@@ -53,14 +53,16 @@ class PolicyTask:
         return policy
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                groups[name.startswith(("encoder.", "film."))].append(p)
-        out = [{"params": groups[False], "lr": lr}]
-        if groups[True]:
-            out.append({"params": groups[True], "lr": self.job.policy.latent_lr})
-        return out
+        p = self.job.policy
+        rates = {"encoder.": p.latent_lr if p.encoder_lr is None else p.encoder_lr}
+        rates["film."] = p.latent_lr
+        groups: dict[str, list[nn.Parameter]] = {"": [], "encoder.": [], "film.": []}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                groups[next((k for k in rates if name.startswith(k)), "")].append(param)
+        return [
+            {"params": params, "lr": rates.get(k, lr)} for k, params in groups.items() if params
+        ]
 
     def collate(self, rows: pa.Table, split: str) -> PolicyBatch:
         if split not in self._tables:
@@ -73,9 +75,7 @@ class PolicyTask:
         # A context-blind policy never reads the context: for it every episode is one without.
         with_context = batch.context.context_mask.any(-1) & self.use_latent
         output = model(batch, self.use_latent)
-        return preference_metrics(
-            output, p.beta, p.sft_weight, p.loss, with_context, p.centring, p.per_token
-        )
+        return preference_metrics(output, p.beta, p.sft_weight, p.loss, with_context, p.per_token)
 
     def save(self, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
         save_policy(
@@ -101,7 +101,7 @@ def fit_policy(
     storage/name, resumed from there when rerun. `callbacks`: Ray Train callbacks (a Tune
     sweep passes its report callback)."""
     if use_latent:
-        job = with_latent_scale(job, data["train"][0])
+        job = with_latent_frame(job, data["train"][0])
     task = PolicyTask(
         job=job,
         feature_dim=data["train"][0].feature_dim,
@@ -111,25 +111,33 @@ def fit_policy(
     return fit_task(task, job.train, job.data.train_episodes, episodes, storage, name, callbacks)
 
 
-def with_latent_scale(job: PolicyJobConfig, pairs: PairTable) -> PolicyJobConfig:
-    """`job` with `policy.latent_scale` measured from the NP-BTL encoder it starts from
-    (`policy.encoder_init`) on SCALE_USERS training users with a full context (data.max_context
-    pairs), unless the scale is set, the encoder starts fresh (its scale says nothing of the
-    trained one's: z is then left as it is) or no episode has context (z is always 0). The same
-    seed and encoder measure the same scale again when a fit resumes."""
+def with_latent_frame(job: PolicyJobConfig, pairs: PairTable) -> PolicyJobConfig:
+    """`job` with `policy.latent_centre` and `policy.latent_scale` measured from the NP-BTL
+    encoder it starts from (`policy.encoder_init`) on SCALE_USERS training users with a full
+    context (data.max_context pairs), where they are not set, unless the encoder starts fresh
+    (its latents say nothing of the trained one's: z is then measured from μ(∅) and left
+    unscaled) or no episode has context (z is always 0). The same seed and encoder measure the
+    same frame again when a fit resumes."""
     p, d = job.policy, job.data
-    if p.latent_scale is not None or not p.encoder_init or d.max_context == 0:
+    measured = p.latent_scale is not None and p.latent_centre is not None
+    if measured or not p.encoder_init or d.max_context == 0:
         return job
     users = sample_episodes(
         pairs, SCALE_USERS, d.max_context, d.max_context, d.num_targets, job.train.seed
     )
     c = collate(episode_arrays(users, ("context", "target")), pairs)
     encoder = starting_encoder(p, pairs.feature_dim)
-    scale = measure_latent_scale(encoder, c.context_chosen, c.context_rejected, c.context_mask)
+    centre, scale = measure_latent_frame(
+        encoder, c.context_chosen, c.context_rejected, c.context_mask
+    )
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(
             f"{p.encoder_init}: its encoder gives every user the same latent (scale {scale}), "
             "so z cannot tell users apart: train it longer or set policy.latent_scale"
         )
-    log.info("z's scale from the starting encoder: %.3g per coordinate", scale)
-    return job.model_copy(update={"policy": p.model_copy(update={"latent_scale": scale})})
+    frame = {
+        "latent_scale": scale if p.latent_scale is None else p.latent_scale,
+        "latent_centre": centre if p.latent_centre is None else p.latent_centre,
+    }
+    log.info("z's frame: scale %.3g (a full context's z about 1 in norm)", frame["latent_scale"])
+    return job.model_copy(update={"policy": p.model_copy(update=frame)})
