@@ -1,6 +1,7 @@
 """The NP-DPO policy on a tiny random Llama: FiLM identity at init, π_ref = the base model, a z per
 batch row, masked sequence log-probs and the DPO loss against hand computations."""
 
+import json
 import math
 
 import numpy as np
@@ -303,6 +304,14 @@ def test_a_checkpoint_loads_after_it_moves_and_its_np_btl_run_is_deleted(tmp_pat
     for name, tensor in loaded.encoder.state_dict().items():
         torch.testing.assert_close(tensor, reward.context_encoder.state_dict()[name])
 
+    # one saved before z's centre was measured: a training-only centring weight, no centre
+    spec_path = tmp_path / "elsewhere" / "policy" / "policy.json"
+    spec = json.loads(spec_path.read_text())
+    spec["policy"]["centring"] = 1.0
+    del spec["policy"]["latent_centre"]
+    spec_path.write_text(json.dumps(spec))
+    assert load_policy(tmp_path / "elsewhere" / "policy").policy.latent_centre is None
+
 
 @pytest.fixture(scope="module")
 def smol_checkpoint_folder(tmp_path_factory):
@@ -460,7 +469,6 @@ def test_a_row_that_fails_in_a_batch_fails_alone(smol_checkpoint):
 def test_the_export_loads_with_plain_transformers_and_peft(tmp_path, smol_checkpoint_folder):
     """The adapter on the base model, without npalign, gives the policy's logits at z = 0; the
     steering files hold FiLM and the encoder exactly."""
-    import json
 
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -667,7 +675,9 @@ def test_encoder_lr_0_keeps_the_encoder_and_trains_film_and_lora_at_their_rates(
     by_name = {id(p): n for n, p in policy.named_parameters()}
     names = {g["lr"]: {by_name[id(p)].split(".")[0] for p in g["params"]} for g in groups}
     assert names == {1e-4: {"lm"}, 0.0: {"encoder"}, 1e-3: {"film"}}
-    # unset, the encoder trains with FiLM
-    job = PolicyJobConfig.model_validate({"policy": {"latent_lr": 1e-3}})
-    groups = PolicyTask(job, 16, True, {}).param_groups(policy, 1e-4)
-    assert sorted(g["lr"] for g in groups) == [1e-4, 1e-3, 1e-3]
+    # unset, a fresh encoder trains with FiLM and an NP-BTL's is kept
+    for start, encoder_rate in ((None, 1e-3), ("NPBTL", 0.0)):
+        rates = {"latent_lr": 1e-3, "encoder_init": start}
+        job = PolicyJobConfig.model_validate({"policy": rates})
+        groups = PolicyTask(job, 16, True, {}).param_groups(policy, 1e-4)
+        assert sorted(g["lr"] for g in groups) == sorted([1e-4, 1e-3, encoder_rate])

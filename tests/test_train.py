@@ -328,6 +328,14 @@ def test_policy_trains_with_zero2_and_its_preference_loss_falls(ray_cluster, tmp
     spec = json.loads((Path(npdpo["checkpoint"]) / "policy.json").read_text())
     assert spec["policy"]["latent_scale"] > 0
     assert len(spec["policy"]["latent_centre"]) == job.policy.latent_dim
+    # and kept as it was (policy.encoder_lr 0): z's frame still holds after training
+    from safetensors.torch import load_file
+
+    from npalign.models.policy import WEIGHTS_FILE
+
+    saved = load_file(str(Path(npdpo["checkpoint"]) / WEIGHTS_FILE))
+    for name, tensor in load_reward_model(encoder).context_encoder.state_dict().items():
+        assert saved[f"encoder.{name}"].equal(tensor), name
     states = [
         json.loads((c / "train_state.json").read_text())
         for c in sorted(Path(npdpo["checkpoint"]).parent.glob("checkpoint_*"))

@@ -481,8 +481,9 @@ class PolicyConfig(Strict):
     encoder_lr: float | None = Field(
         None,
         ge=0,
-        description="learning rate of the context encoder; unset: latent_lr; 0 keeps the NP-BTL "
-        "encoder z starts from as it is",
+        description="learning rate of the context encoder; unset: 0 where it starts from an "
+        "NP-BTL (encoder_init: kept as it is, so z's measured centre stays the users' mean), "
+        "latent_lr for a fresh one",
     )
     beta: float = Field(0.05, gt=0, description="β of the preference loss (DPO's β)")
     loss: str = Field(

@@ -136,7 +136,7 @@ def export_policy(checkpoint: Path, out: Path) -> Path:
                 "(encoder.*), 0 for an empty context; without latent_centre, mu(empty context) "
                 "stands in for it",
                 "latent_scale": policy.latent_scale,
-                "latent_centre": spec["policy"]["latent_centre"],
+                "latent_centre": spec["policy"].get("latent_centre"),
                 "use_latent": spec["use_latent"],
                 "feature_dim": spec["feature_dim"],
                 "num_blocks": spec["num_blocks"],

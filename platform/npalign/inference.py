@@ -168,7 +168,7 @@ def next_question(
 
 @torch.no_grad()
 def user_latents(checkpoint: PolicyCheckpoint, contexts: list[ContextEmbeddings]) -> torch.Tensor:
-    """One z per user (batch, latent); an empty context gives the learned "no information" z."""
+    """One z per user (batch, latent); an empty context gives z = 0 (base + LoRA)."""
     dim = checkpoint.feature_dim
     for i, c in enumerate(contexts):
         for name, e in (("chosen", c.chosen), ("rejected", c.rejected)):

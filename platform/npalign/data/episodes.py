@@ -41,8 +41,8 @@ def sample_episodes(
     `paired`: episodes come instead in groups of consecutive rows, one episode per user, whose
     targets are the same n pairs (each labelled by that user) and whose contexts are each
     user's own, one m for the whole group: the users then differ only in whose choices the
-    context holds, and a group without context is whole (all users of a disputed pair at once;
-    a policy's centring term also needs whole groups). Where the users label a pair
+    context holds, and a group without context is whole (all users of a disputed pair at once).
+    Where the users label a pair
     differently, the part of the loss gradient that ignores the user cancels within the group,
     so a batch of a few episodes carries mostly how users differ: the signal that teaches a
     policy to read z. Needs pairs labelled by every user (as in the synthetic and steer tasks).

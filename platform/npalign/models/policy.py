@@ -345,6 +345,9 @@ POLICY_MODELS.register("dpo")(
 # --- building, saving and loading -----------------------------------------------------------
 
 SPEC_FILE = "policy.json"
+# Settings that older checkpoints carry and that acted in training only: `centring`, a penalty on
+# the users' Σz from before z was measured from their mean. Such a checkpoint reads z from μ(∅).
+TRAINING_ONLY_KEYS = ("centring",)
 WEIGHTS_FILE = "policy.safetensors"
 
 
@@ -531,8 +534,9 @@ def load_policy(
 
     folder = Location(folder)
     spec = json.loads((folder / SPEC_FILE).read_text())
+    settings = {k: v for k, v in spec["policy"].items() if k not in TRAINING_ONLY_KEYS}
     # The trained encoder is in the weights: an initialising NP-BTL run is not needed (nor read).
-    config = PolicyConfig.model_validate(spec["policy"]).model_copy(update={"encoder_init": None})
+    config = PolicyConfig.model_validate(settings).model_copy(update={"encoder_init": None})
     policy, tokenizer = build_policy(config, spec["feature_dim"], spec["use_latent"])
     with (folder / WEIGHTS_FILE).local_copy() as weights:
         state = load_file(str(weights))

@@ -54,7 +54,8 @@ class PolicyTask:
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         p = self.job.policy
-        rates = {"encoder.": p.latent_lr if p.encoder_lr is None else p.encoder_lr}
+        kept = 0.0 if p.encoder_init else p.latent_lr
+        rates = {"encoder.": kept if p.encoder_lr is None else p.encoder_lr}
         rates["film."] = p.latent_lr
         groups: dict[str, list[nn.Parameter]] = {"": [], "encoder.": [], "film.": []}
         for name, param in model.named_parameters():
