@@ -42,10 +42,10 @@ def sample_episodes(
     targets are the same n pairs (each labelled by that user) and whose contexts are each
     user's own, one m for the whole group: the users then differ only in whose choices the
     context holds, and a group without context is whole (all users of a disputed pair at once).
-    Where the users label a pair
-    differently, the part of the loss gradient that ignores the user cancels within the group,
-    so a batch of a few episodes carries mostly how users differ: the signal that teaches a
-    policy to read z. Needs pairs labelled by every user (as in the synthetic and steer tasks).
+    Where the users label a pair differently, the part of the loss gradient that ignores the user
+    cancels within the group, so a batch of a few episodes carries mostly how users differ: the
+    signal that teaches a policy to read z. Needs pairs labelled by every user (as in the
+    synthetic and steer tasks).
 
     `empty_context_share`: each episode (each group, when paired) has an empty context with this
     probability, whatever m was drawn. A paired group with no context is the pooled preference
