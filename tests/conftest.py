@@ -30,6 +30,8 @@ def ray_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
+    from npalign.stores.local_postgres import free_port
+
     temp_dir = tempfile.mkdtemp(prefix="npalign-ray-")
     # Ray's default temp folder, where the head writes its address: this session's, not the
     # machine's /tmp/ray (a later plain ray.init() there must not find this cluster).
@@ -46,6 +48,8 @@ def ray_nodes():
             # trials hang.
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
+            # Not Ray's default 8265, which a Ray of the user's on this machine may hold.
+            "dashboard_port": free_port(),
             "temp_dir": os.path.join(temp_dir, "ray"),
         },
     )
@@ -115,9 +119,9 @@ def bucket():
     here; the URI of a folder in it."""
     import boto3
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from npalign.stores.local_postgres import free_port
+
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
