@@ -20,6 +20,7 @@ def test_the_encoder_job_trains_npbtl_on_the_policys_data_with_its_dimensions():
         ROOT / "configs/steer_policy.yaml",
         [
             "policy.latent_dim=32",
+            "policy.latent=variational",
             "data.steer.stories=40",
             "run.output_dir=/tmp/x",
             "eval.split=val",
@@ -30,6 +31,8 @@ def test_the_encoder_job_trains_npbtl_on_the_policys_data_with_its_dimensions():
     assert job.eval.split == "val"  # what the policy is chosen on, never test
     assert job.models == ["npbtl"]
     assert (job.model.latent_dim, job.model.hidden_dim) == (32, policy.policy.hidden_dim)
+    # the policy's kind of latent, its own YAML's KL warm-up
+    assert (job.model.latent, job.model.kl_anneal_steps) == ("variational", 1500)
     assert job.data.steer == policy.data.steer and job.data.embed == policy.data.embed
     # its own YAML's episodes and optimiser, not the policy's
     assert (job.data.num_targets, job.data.train_episodes, job.train.lr) == (20, 16000, 1e-3)

@@ -448,6 +448,11 @@ class PolicyConfig(Strict):
     hidden_dim: int = Field(256, gt=0, description="context encoder width")
     latent_dim: int = Field(64, gt=0)
     aggregation: Literal["mean", "attention"] = "mean"
+    latent: Literal["deterministic", "variational"] = Field(
+        "deterministic",
+        description="z's encoder, as an NP-BTL's model.latent: a variational one (q(z | C)) lets "
+        "its NP-BTL choose a new user's questions by BALD; the policy reads q's mean either way",
+    )
     encoder_dropout: float = Field(0.0, ge=0, lt=1, description="the context encoder's dropout")
     encoder_init: str | None = Field(
         None, description="an NP-BTL checkpoint folder whose context encoder initialises ours"

@@ -134,7 +134,8 @@ def export_policy(checkpoint: Path, out: Path) -> Path:
                 "linear maps without bias (film.<l>.gamma/beta.weight, (width, latent))",
                 "latent": "z = (mu(C) - latent_centre) / latent_scale from the encoder "
                 "(encoder.*), 0 for an empty context; without latent_centre, mu(empty context) "
-                "stands in for it",
+                "stands in for it; where policy.latent is variational the encoder's last layer "
+                "gives mu and q(z | C)'s spread: mu is its first latent_dim outputs",
                 "latent_scale": policy.latent_scale,
                 "latent_centre": spec["policy"].get("latent_centre"),
                 "use_latent": spec["use_latent"],

@@ -91,8 +91,8 @@ def sample_episodes(
         {
             "user": pa.array(users[episode_user], pa.string()),
             "user_type": pa.array([user_type[u] for u in episode_user], pa.string()),
-            "context": _fixed_width(context),
-            "target": _fixed_width(target),
+            "context": index_column(context),
+            "target": index_column(target),
         }
     )
 
@@ -159,7 +159,7 @@ def _paired_targets(
     return episode_user, target
 
 
-def _fixed_width(index: np.ndarray) -> pa.FixedSizeListArray:
+def index_column(index: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(index.reshape(-1)), index.shape[1])
 
 
@@ -185,7 +185,7 @@ def context_prefix(episodes: pa.Table, size: int) -> pa.Table:
     context = episode_arrays(episodes, ("context",))["context"].copy()
     context[:, size:] = PADDING
     return episodes.set_column(
-        episodes.schema.get_field_index("context"), "context", _fixed_width(context)
+        episodes.schema.get_field_index("context"), "context", index_column(context)
     )
 
 

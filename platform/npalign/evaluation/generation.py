@@ -69,6 +69,23 @@ def accuracy_checks(results: dict, sizes: list[int]) -> dict:
     return checks
 
 
+def study_prompts(text: pa.Table, num_prompts: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """(every row's prompt id, the first `num_prompts` prompt ids in sorted order, their
+    prompts): the prompts a generation study answers."""
+    table = text.to_pydict()
+    prompt_ids = np.asarray(table["prompt_id"])
+    first_row = {pid: i for i, pid in reversed(list(enumerate(prompt_ids)))}
+    chosen_ids = sorted(first_row)[:num_prompts]
+    return prompt_ids, chosen_ids, [table["prompt"][first_row[pid]] for pid in chosen_ids]
+
+
+def context_of(pairs: PairTable, rows: np.ndarray) -> ContextEmbeddings:
+    """A user's context of pair `rows`, each with that row's label, as the policy reads it."""
+    b_chosen = pairs.choice[rows].astype(bool)[:, None]
+    a, b = pairs.features_a[rows], pairs.features_b[rows]
+    return ContextEmbeddings(np.where(b_chosen, b, a), np.where(b_chosen, a, b))
+
+
 def generation_study(
     job: PolicyJobConfig,
     checkpoints: dict[str, str],
@@ -83,11 +100,7 @@ def generation_study(
     prompts, whose first m pairs are the context at m, as in the accuracy evaluation), pooled
     DPO (checkpoints["dpo"]) and the base model, each answer scored with the type's attribute
     scorer. Returns the attribute summaries and a few sample texts."""
-    test = text.to_pydict()
-    prompt_ids = np.asarray(test["prompt_id"])
-    first_row = {pid: i for i, pid in reversed(list(enumerate(prompt_ids)))}
-    chosen_ids = sorted(first_row)[:num_prompts]
-    prompts = [test["prompt"][first_row[pid]] for pid in chosen_ids]
+    prompt_ids, chosen_ids, prompts = study_prompts(text, num_prompts)
     types = {t.name: t for t in job.data.steer.types}
     rng = np.random.default_rng(job.eval.seed)
 
@@ -99,16 +112,8 @@ def generation_study(
         out["npdpo"][name] = {}
         drawn = [rng.choice(pool, size=max(job.eval.context_sizes), replace=False) for _ in prompts]
         for m in job.eval.context_sizes:
-            contexts = []
-            for largest in drawn:
-                rows = largest[:m]
-                b_chosen = pairs.choice[rows].astype(bool)[:, None]
-                a, b = pairs.features_a[rows], pairs.features_b[rows]
-                contexts.append(
-                    ContextEmbeddings(np.where(b_chosen, b, a), np.where(b_chosen, a, b))
-                )
             started = time.perf_counter()
-            z = user_latents(npdpo, contexts)
+            z = user_latents(npdpo, [context_of(pairs, largest[:m]) for largest in drawn])
             texts = generate(npdpo, prompts, z, tokens, decoding=job.policy.decoding)
             values = [score(t) for t in texts]
             out["npdpo"][name][m] = {

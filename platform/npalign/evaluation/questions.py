@@ -28,6 +28,59 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
+def ask(
+    model: nn.Module,
+    pairs: PairTable,
+    pool_rows: np.ndarray,
+    selector: str,
+    questions: int,
+    seed: int,
+) -> np.ndarray:
+    """(users, questions) pair rows: for each user (a row of `pool_rows`, pair rows they
+    labelled), `questions` pairs of their pool asked one at a time, each chosen by `selector`
+    given their own answers to the questions before it."""
+    model.eval()
+    users = len(pool_rows)
+    generator = torch.Generator().manual_seed(seed)
+    asked = np.full((users, questions), PADDING, dtype=np.int64)
+    available = torch.ones(pool_rows.shape, dtype=torch.bool)
+    candidate_a = torch.from_numpy(pairs.features_a[pool_rows])
+    candidate_b = torch.from_numpy(pairs.features_b[pool_rows])
+    no_targets = np.full((users, 1), PADDING, dtype=np.int64)
+    for k in range(questions):
+        batch = collate({"context": asked[:, : max(k, 1)], "target": no_targets}, pairs)
+        pool = Pool(
+            batch.context_chosen,
+            batch.context_rejected,
+            batch.context_mask,
+            candidate_a,
+            candidate_b,
+            available,
+        )
+        index, _ = next_questions(model, pool, selector, generator)
+        asked[:, k] = pool_rows[np.arange(users), index.numpy()]
+        available[torch.arange(users), index] = False
+    return asked
+
+
+@torch.no_grad()
+def score_asked(
+    model: nn.Module, pairs: PairTable, asked: np.ndarray, target_rows: np.ndarray
+) -> np.ndarray:
+    """(questions + 1, users, targets) 100/0: each user's targets scored after their first k
+    answered questions, k = 0..questions."""
+    model.eval()
+    correct = []
+    for k in range(asked.shape[1] + 1):
+        context = asked[:, : max(k, 1)].copy()
+        context[:, k:] = PADDING  # k = 0: no context (collate needs one column)
+        batch = collate({"context": context, "target": target_rows}, pairs)
+        out = model(batch)
+        says_b = (out.log_prob_b > out.log_prob_a).float()
+        correct.append((says_b == batch.target_choice).float().numpy() * 100)
+    return np.stack(correct)
+
+
 def ask_and_score(
     model: nn.Module,
     pairs: PairTable,
@@ -38,34 +91,8 @@ def ask_and_score(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(correct (questions + 1, users, targets) 100/0, asked (users, questions) pair rows)."""
-    model.eval()
-    users = len(pool_rows)
-    generator = torch.Generator().manual_seed(seed)
-    asked = np.full((users, questions), PADDING, dtype=np.int64)
-    available = torch.ones(pool_rows.shape, dtype=torch.bool)
-    candidate_a = torch.from_numpy(pairs.features_a[pool_rows])
-    candidate_b = torch.from_numpy(pairs.features_b[pool_rows])
-    correct = []
-    for k in range(questions + 1):
-        batch = collate({"context": asked[:, : max(k, 1)], "target": target_rows}, pairs)
-        out = model(batch)
-        says_b = (out.log_prob_b > out.log_prob_a).float()
-        correct.append((says_b == batch.target_choice).float().numpy() * 100)
-        if k == questions:
-            break
-        pool = Pool(
-            batch.context_chosen,
-            batch.context_rejected,
-            batch.context_mask,
-            candidate_a,
-            candidate_b,
-            available,
-        )
-        index, _ = next_questions(model, pool, selector, generator)
-        picked = index.numpy()
-        asked[:, k] = pool_rows[np.arange(users), picked]
-        available[torch.arange(users), index] = False
-    return np.stack(correct), asked
+    asked = ask(model, pairs, pool_rows, selector, questions, seed)
+    return score_asked(model, pairs, asked, target_rows), asked
 
 
 def questions_study(

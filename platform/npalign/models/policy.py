@@ -430,12 +430,19 @@ def starting_encoder(config: PolicyConfig, feature_dim: int) -> ContextEncoder:
         config.hidden_dim,
         config.latent_dim,
         config.aggregation,
+        variational=config.latent == "variational",
         dropout=config.encoder_dropout,
     )
     if config.encoder_init:
         from npalign.models.reward import load_reward_model
 
         reward = load_reward_model(config.encoder_init)  # a path or a URI
+        if reward.variational != encoder.variational:
+            kind = "variational" if reward.variational else "deterministic"
+            raise ValueError(
+                f"policy.encoder_init {config.encoder_init}: its NP-BTL's latent is {kind}; "
+                f"set policy.latent: {kind}"
+            )
         encoder.load_state_dict(reward.context_encoder.state_dict())  # strict: dims must match
     return encoder
 

@@ -5,8 +5,9 @@ Its `prepare` is the NP-BTL → NP-DPO chain (`with_trained_encoder`), so the po
 demo, the benchmark and the policy sweep all run it: an NP-BTL reward model trained on the
 policy's own pairs, whose context encoder starts z's encoder, then the policy. The NP-BTL job
 comes from the YAML named by `policy.encoder_job` (episodes, optimiser, evaluation:
-`configs/steer_encoder.yaml`), on the policy job's data, with the encoder's dimensions taken from
-the policy (they must match to load its weights) and the policy's training resources.
+`configs/steer_encoder.yaml`), on the policy job's data, with the encoder's dimensions and latent
+kind taken from the policy (they must match to load its weights) and the policy's training
+resources.
 """
 
 from __future__ import annotations
@@ -101,7 +102,12 @@ def encoder_job(job: PolicyJobConfig) -> RewardJobConfig:
     tree["eval"]["split"] = job.eval.split
     tree["run"] = {"name": f"{job.run.name}-npbtl", "output_dir": job.run.output_dir}
     tree["models"] = ["npbtl"]
-    dims = {"hidden_dim": p.hidden_dim, "latent_dim": p.latent_dim, "aggregation": p.aggregation}
+    dims = {
+        "hidden_dim": p.hidden_dim,
+        "latent_dim": p.latent_dim,
+        "aggregation": p.aggregation,
+        "latent": p.latent,
+    }
     tree["model"] = {**tree.get("model", {}), **dims}
     return validate_config(tree, RewardJobConfig, f"{path} (policy.encoder_job)")
 
@@ -112,7 +118,7 @@ def needs_encoder(job: PolicyJobConfig) -> bool:
     return bool(job.policy.encoder_job) and not job.policy.encoder_init and reads_z
 
 
-ENCODER_KEYS = ("policy.hidden_dim", "policy.latent_dim", "policy.aggregation")
+ENCODER_KEYS = ("policy.hidden_dim", "policy.latent_dim", "policy.aggregation", "policy.latent")
 
 
 def encoder_keys(job: PolicyJobConfig) -> tuple[str, ...]:
