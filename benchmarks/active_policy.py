@@ -35,6 +35,7 @@ from npalign.evaluation.accuracy import save_plot
 from npalign.evaluation.policy_questions import (
     accuracy_after_questions,
     generation_after_questions,
+    questions_checks,
 )
 from npalign.files import Location, write_json
 from npalign.models.policy import SPEC_FILE, available_device, load_policy
@@ -105,35 +106,6 @@ def plot(accuracy: dict, generation: dict, path: Path) -> None:
     save_plot(fig, axes[0], path)
 
 
-def checks_of(accuracy: dict, generation: dict) -> dict:
-    """BALD against random, paired: never behind in implicit accuracy (no interval wholly below
-    0), and at the largest generation k each type's answers moved toward its preference from
-    k = 0 (interval above 0) with no degenerate answer at any k."""
-    behind = [
-        k
-        for k, d in zip(accuracy["ks"], accuracy["npdpo"]["vs_random"]["bald"], strict=True)
-        if d["high"] < 0
-    ]
-    checks = {
-        "npdpo after bald questions >= random at every k": {
-            "vs_random": accuracy["npdpo"]["vs_random"]["bald"],
-            "behind_at": behind,
-            "pass": not behind,
-        }
-    }
-    largest = max(generation["ks"])
-    for name, result in generation["by_type"].items():
-        move = result["move"]["bald"][largest]
-        worst = max(a["degenerate"] for by_k in result["answers"].values() for a in by_k.values())
-        checks[f"{name} answers move toward their preference after {largest} bald questions"] = {
-            "move": move,
-            "vs_random": result["vs_random"]["bald"][largest],
-            "most_degenerate": worst,
-            "pass": move["low"] > 0 and worst == 0,
-        }
-    return checks
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,6 +133,8 @@ def main() -> None:
         folder, checkpoint = run.folder, run.results["npdpo"]
     checkpoint = checkpoint["checkpoint"]
     spec = json.loads((Location(checkpoint) / SPEC_FILE).read_text())
+    if not spec.get("initialised_from"):
+        parser.error(f"{checkpoint}: z's encoder did not start from an NP-BTL, none can ask")
     reward = load_reward_model(spec["initialised_from"])  # the NP-BTL z's encoder was kept from
     policy = load_policy(checkpoint, available_device())
     splits = POLICY.load(job)
@@ -173,7 +147,7 @@ def main() -> None:
         reward, policy, job, splits.text[args.split], pairs, SELECTORS, GENERATION_KS,
         PROMPTS, POOL, args.max_new_tokens, SEED,
     )  # fmt: skip
-    checks = checks_of(accuracy, generation)
+    checks = questions_checks(accuracy, generation)
     minutes = (time.perf_counter() - started) / 60
 
     print(f"\n{args.split} split, {USERS} users, pools of {POOL}, {TARGETS} targets each")

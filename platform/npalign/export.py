@@ -43,8 +43,10 @@ tokenizer = AutoTokenizer.from_pretrained("{base_path}")
 `steering.safetensors` + `steering.json` hold the context encoder and FiLM:
 z = (μ(C) − c) / s from the encoder over the user's (chosen, rejected) embeddings (c:
 `latent_centre`, or μ(∅) where it is null; s: `latent_scale`), 0 for no context, then after
-block l h ← (1 + W_l z) ⊙ h + V_l z. Embeddings: {embed}. With
-npalign installed, `npalign.models.policy.load_policy` on the original checkpoint does all of this.
+block l h ← (1 + W_l z) ⊙ h + V_l z. Where `policy.latent` is variational, μ(C) is the first
+`latent_dim` outputs of the encoder's last layer (the rest is q(z | C)'s spread).
+Embeddings: {embed}. With npalign installed, `npalign.models.policy.load_policy` on the original
+checkpoint does all of this.
 
 ## Decoding
 

@@ -10,13 +10,14 @@ context. On the simulated users of one split, for each selector:
   NP-BTL's own accuracy on the same targets beside it;
 - the generated attribute: for each steer type and each of `num_prompts` prompts of the split, a
   user of that type whose pool lies on the split's other prompts answers k questions; the
-  policy's greedy answer (the checkpoint's decoding) is scored with the type's attribute scorer
-  and checked for degenerate text.
+  policy's greedy answer (decoded as `job.policy.decoding` says: the checkpoint's, unless
+  overridden) is scored with the type's attribute scorer and checked for degenerate text.
 
-Every selector asks the same users from the same pools, and k = 0 (no context) is scored once for
-all. Differences from random are paired by user, with intervals from a bootstrap over prompts
-(the targets', or the generated answers'), and signed so that positive is toward the type's
-preference.
+Every selector asks the same users from the same pools, and NP-DPO at k = 0 (no context) is
+scored once for all. Differences from random are paired by user, with intervals from a
+bootstrap over prompts (the targets', or the generated answers'), and signed so that positive
+is toward the type's preference. The generation study's users draw their pools from the same
+type's pairs on the other prompts, so their pools overlap; the bootstrap holds them fixed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import torch
 from torch import nn
 
 from npalign.config import PolicyJobConfig
@@ -46,6 +48,26 @@ from npalign.inference import generate, user_latents
 from npalign.models.policy import PolicyCheckpoint
 
 log = logging.getLogger(__name__)
+
+
+def _check_study(reward: nn.Module, policy: PolicyCheckpoint, ks: list[int]) -> None:
+    """Refuse a study whose answers the policy would not read as the NP-BTL that asked: a
+    context-blind policy, or z's encoder trained away from that NP-BTL's (policy.encoder_lr)."""
+    if not ks or min(ks) < 0 or max(ks) < 1:
+        raise ValueError(f"k = {ks}: numbers of questions, at least one of them above 0")
+    if not policy.use_latent:
+        raise ValueError("the policy does not read a context (pooled DPO): no question can move it")
+    kept = reward.context_encoder.state_dict()
+    trained = policy.policy.encoder.state_dict()
+    # Within bfloat16's rounding (a policy loaded on a GPU); a trained encoder moves further.
+    close = (
+        torch.allclose(kept[n].float(), t.float().cpu(), 1e-2, 1e-3) for n, t in trained.items()
+    )
+    if not all(close):
+        raise ValueError(
+            "the policy's context encoder is not the NP-BTL's that asks (trained with "
+            "policy.encoder_lr above 0?): its questions would be chosen for another latent"
+        )
 
 
 def _first_k(asked: np.ndarray, k: int, target_rows: np.ndarray) -> pa.Table:
@@ -86,9 +108,9 @@ def accuracy_after_questions(
     """NP-DPO's implicit-reward accuracy and the NP-BTL's accuracy on the same users' targets
     after k of their questions, for k in `ks`:
 
-        {"ks": ks, "npdpo": {"accuracy", "vs_random", "by_type"}, "npbtl": {...}}"""
-    if max(ks) > pool_size:
-        raise ValueError(f"{max(ks)} questions from a pool of {pool_size}: a pair would repeat")
+        {"ks", "target_rows", "asked": {selector: rows per user},
+         "npdpo": {"accuracy", "vs_random", "by_type"}, "npbtl": {...}}"""
+    _check_study(reward, policy, ks)
     rows = episode_arrays(
         sample_episodes(pairs, users, pool_size, pool_size, num_targets, seed, source="split")
     )
@@ -98,10 +120,11 @@ def accuracy_after_questions(
     references: dict = {}  # π_ref's log-probs by target row, the same for every k and selector
     npdpo: dict[str, np.ndarray] = {}
     npbtl: dict[str, np.ndarray] = {}
+    asked_by: dict[str, np.ndarray] = {}
     no_context = None
     for selector in selectors:
         started = time.perf_counter()
-        asked = ask(reward, pairs, pool_rows, selector, max(ks), seed)
+        asked = asked_by[selector] = ask(reward, pairs, pool_rows, selector, max(ks), seed)
         npbtl[selector] = score_asked(reward, pairs, asked, target_rows)[ks]
         by_k = []
         for k in ks:
@@ -132,7 +155,14 @@ def accuracy_after_questions(
             np.round(npdpo[selector].mean((1, 2)), 1).tolist(),
             time.perf_counter() - started,
         )
-    out: dict = {"ks": ks, "users": users, "pool_size": pool_size, "targets": num_targets}
+    out: dict = {
+        "ks": ks,
+        "users": users,
+        "pool_size": pool_size,
+        "targets": num_targets,
+        "target_rows": target_rows.tolist(),  # pair rows of the split, per user
+        "asked": {s: a.tolist() for s, a in asked_by.items()},  # in the order asked
+    }
     for name, correct in (("npdpo", npdpo), ("npbtl", npbtl)):
         out[name] = _summaries(correct, prompts, seed)
         out[name]["by_type"] = {
@@ -164,6 +194,7 @@ def generation_after_questions(
         "answers": {selector: {k: {mean, sem, values, degenerate, texts}}},
         "move": {selector: {k: paired interval of the signed change from k = 0}},
         "vs_random": {selector: {k: paired interval of the signed difference}}}}}"""
+    _check_study(reward, policy, ks)
     if 0 not in ks:
         raise ValueError(f"k = {ks}: the moves are measured from k = 0, which must be among them")
     prompt_ids, chosen_ids, prompts = study_prompts(text, num_prompts)
@@ -225,3 +256,32 @@ def generation_after_questions(
             },
         }
     return out
+
+
+def questions_checks(accuracy: dict, generation: dict) -> dict:
+    """BALD against random, paired: never behind in implicit accuracy (no interval wholly below
+    0), and at the largest generation k each type's answers moved toward its preference from
+    k = 0 (interval above 0) with no degenerate answer at any k."""
+    behind = [
+        k
+        for k, d in zip(accuracy["ks"], accuracy["npdpo"]["vs_random"]["bald"], strict=True)
+        if d["high"] < 0
+    ]
+    checks = {
+        "npdpo after bald questions >= random at every k": {
+            "vs_random": accuracy["npdpo"]["vs_random"]["bald"],
+            "behind_at": behind,
+            "pass": not behind,
+        }
+    }
+    largest = max(generation["ks"])
+    for name, result in generation["by_type"].items():
+        move = result["move"]["bald"][largest]
+        worst = max(a["degenerate"] for by_k in result["answers"].values() for a in by_k.values())
+        checks[f"{name} answers move toward their preference after {largest} bald questions"] = {
+            "move": move,
+            "vs_random": result["vs_random"]["bald"][largest],
+            "most_degenerate": worst,
+            "pass": move["low"] > 0 and worst == 0,
+        }
+    return checks

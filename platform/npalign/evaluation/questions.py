@@ -39,6 +39,10 @@ def ask(
     """(users, questions) pair rows: for each user (a row of `pool_rows`, pair rows they
     labelled), `questions` pairs of their pool asked one at a time, each chosen by `selector`
     given their own answers to the questions before it."""
+    if questions > pool_rows.shape[1]:
+        raise ValueError(
+            f"{questions} questions from a pool of {pool_rows.shape[1]}: a pair would repeat"
+        )
     model.eval()
     users = len(pool_rows)
     generator = torch.Generator().manual_seed(seed)
@@ -118,8 +122,6 @@ def questions_study(
 
     `questions_to_95`: the fewest questions after which a selector has made 95 % of random's
     gain from no questions to `questions` (accuracy ≥ acc₀ + 0.95 (random's final − acc₀))."""
-    if questions > pool_size:
-        raise ValueError(f"{questions} questions from a pool of {pool_size}: a pair would repeat")
     episodes = sample_episodes(
         pairs, users, pool_size, pool_size, num_targets, seed, source="test split"
     )

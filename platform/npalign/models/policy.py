@@ -437,6 +437,11 @@ def starting_encoder(config: PolicyConfig, feature_dim: int) -> ContextEncoder:
         from npalign.models.reward import load_reward_model
 
         reward = load_reward_model(config.encoder_init)  # a path or a URI
+        if not getattr(reward, "uses_context", False):
+            raise ValueError(
+                f"policy.encoder_init {config.encoder_init}: a {type(reward).__name__} has no "
+                "context encoder; name an NP-BTL checkpoint"
+            )
         if reward.variational != encoder.variational:
             kind = "variational" if reward.variational else "deterministic"
             raise ValueError(
