@@ -56,6 +56,7 @@ bench: bench-deps
 	$(BIN)/python benchmarks/steer_reward.py --out benchmarks/steer_reward.json
 	$(BIN)/python benchmarks/small_data.py --out benchmarks/small_data.json
 	$(BIN)/python benchmarks/active_questions.py --out benchmarks/active_questions.json
+	$(BIN)/python benchmarks/active_policy.py --out benchmarks/active_policy.json
 	$(BIN)/python benchmarks/steer_policy.py --out benchmarks/steer_policy.json
 	$(BIN)/python benchmarks/policy_cost.py --out benchmarks/policy_cost.json
 
