@@ -57,7 +57,9 @@ bench: bench-deps
 	$(BIN)/python benchmarks/small_data.py --out benchmarks/small_data.json
 	$(BIN)/python benchmarks/active_questions.py --out benchmarks/active_questions.json
 	$(BIN)/python benchmarks/active_policy.py --out benchmarks/active_policy.json
-	$(BIN)/python benchmarks/steer_policy.py --out benchmarks/steer_policy.json
+	for types in length formality mix; do \
+	  $(BIN)/python benchmarks/steer_policy.py --types $$types --out benchmarks/steer_policy_$$types.json \
+	  || exit 1; done
 	$(BIN)/python benchmarks/policy_cost.py --out benchmarks/policy_cost.json
 
 clean:

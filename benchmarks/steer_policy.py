@@ -16,8 +16,8 @@ Everything is scored on `eval.split`: choose settings with `eval.split=val`, the
 split once for what is reported. Costs against TRL and HF generate: benchmarks/policy_cost.py.
 About 70 minutes on a 2-core CPU box, plus ~3 minutes the first time to embed the task's texts.
 
-  .venv/bin/python benchmarks/steer_policy.py --out benchmarks/steer_policy.json
-  .venv/bin/python benchmarks/steer_policy.py eval.split=val      # while choosing settings
+  .venv/bin/python benchmarks/steer_policy.py --types formality eval.split=val   # choosing
+  .venv/bin/python benchmarks/steer_policy.py --run RUN_FOLDER eval.split=test    # scored once
 """
 
 from __future__ import annotations
@@ -42,12 +42,40 @@ from npalign.recipes.policy import POLICY
 
 ROOT = Path(__file__).resolve().parents[1]
 
+_LENGTH = [
+    "{name: concise, attribute: length, prefers: lower, margin: 10}",
+    "{name: detailed, attribute: length, prefers: higher, margin: 10}",
+]
+_FORMALITY = [
+    "{name: formal, attribute: formality, prefers: higher, margin: 0}",
+    "{name: casual, attribute: formality, prefers: lower, margin: 0}",
+]
+# The steer task's attribute pairs and a three-type mix, each under the one committed
+# configuration. The mix's step holds one episode per type in each micro-batch of a paired group
+# (3 on each of 2 workers) for the same 96 steps.
+TYPE_SETS = {
+    "length": [f"data.steer.types=[{', '.join(_LENGTH)}]"],
+    "formality": [f"data.steer.types=[{', '.join(_FORMALITY)}]"],
+    "mix": [
+        f"data.steer.types=[{', '.join([*_LENGTH, _FORMALITY[0]])}]",
+        "train.batch_size=6",
+        "data.train_episodes=576",
+    ],
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=str(ROOT / "configs/steer_policy.yaml"))
+    parser.add_argument(
+        "--types",
+        choices=TYPE_SETS,
+        default="length",
+        help="the steer users: concise/detailed (length), formal/casual (formality), or "
+        "concise/detailed/formal (mix); with --run, the run's own",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument(
         "--prompts", type=int, default=16, help="test prompts generated per user type and m"
@@ -66,8 +94,9 @@ def main() -> None:
         job = load_config(args.run / "config.yaml", args.overrides, PolicyJobConfig)
     else:
         # The per-type DPO oracle is what NP-DPO is measured against.
-        defaults = ["run.name=bench-policy", "models=[npdpo,dpo,oracle]"]
-        job = load_config(args.config, [*defaults, *args.overrides], PolicyJobConfig)
+        defaults = [f"run.name=bench-policy-{args.types}", "models=[npdpo,dpo,oracle]"]
+        overrides = [*defaults, *TYPE_SETS[args.types], *args.overrides]
+        job = load_config(args.config, overrides, PolicyJobConfig)
 
     if not {"npdpo", "dpo"} <= set(job.models):
         parser.error(f"models must hold npdpo and dpo (the study compares them), not {job.models}")
